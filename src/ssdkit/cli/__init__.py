@@ -1,0 +1,1 @@
+"""The ``ssdkit`` command line (see :mod:`ssdkit.cli.main`)."""
