@@ -1,6 +1,6 @@
 """SSD anchor (default/prior) boxes, exactly as the Keras SSD ``AnchorBoxes`` / ``SSDInputEncoder``.
 
-See ``docs/reference-semantics.md`` section 1. The anchors are computed in float64 and returned in
+See ``docs/core.md`` and the reference semantics, section 1. The anchors are computed in float64 and returned in
 the requested dtype, so two generators with the same parameters give bit-identical anchors on
 any device.
 

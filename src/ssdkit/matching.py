@@ -64,8 +64,11 @@ def validate_targets(
     bl: list[Tensor] = []
     ll: list[Tensor] = []
     for i, (b, lab) in enumerate(zip(boxes, labels)):
-        b = torch.as_tensor(b, device=device)
-        lab = torch.as_tensor(lab, device=device)
+        try:
+            b = b if isinstance(b, Tensor) else torch.as_tensor(np.asarray(b, dtype=np.float64))
+            lab = lab if isinstance(lab, Tensor) else torch.as_tensor(np.asarray(lab))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"image {i}: boxes/labels are not numeric arrays ({exc})") from None
         if b.numel() == 0 and lab.numel() == 0:
             b, lab = b.reshape(0, 4), lab.reshape(0)
         if b.dim() != 2 or b.shape[-1] != 4:
@@ -80,8 +83,11 @@ def validate_targets(
     if not bl:
         empty = torch.zeros((0, 4), dtype=torch.float64, device=device)
         return empty, torch.zeros(0, dtype=torch.int64, device=device), counts, 0
-    gb = torch.cat([b.to(torch.float64) for b in bl])
-    lab_raw = torch.cat([x.to(torch.float64) if x.is_floating_point() else x.to(torch.int64) for x in ll])
+    # one conversion for the whole batch (cat promotes mixed dtypes)
+    gb = torch.cat(bl).to(device=device, dtype=torch.float64)
+    lab_raw = torch.cat(ll).to(device=device)
+    if lab_raw.dtype == torch.bool:
+        lab_raw = lab_raw.long()
 
     def where(mask: Tensor) -> tuple[int, int]:
         j = int(torch.nonzero(mask)[0])
@@ -120,18 +126,19 @@ def validate_targets(
 
 @dataclass
 class _Groups:
-    """Anchors grouped by size; each group is a regular grid of centres (or a single dense row)."""
+    """Anchors grouped by size; each group is a regular grid of centres (or a single dense row).
 
-    x0: Tensor  # [Q] float64 centre of column 0
-    dx: Tensor  # [Q] column spacing (1.0 when one column)
-    y0: Tensor
-    dy: Tensor
-    nx: Tensor  # [Q] int64
-    ny: Tensor
-    max_w: Tensor  # [Q] float64
-    max_h: Tensor
-    min_area: Tensor
+    Pair fields hold ``(x, y)`` in their last dimension.
+    """
+
+    origin: Tensor  # [Q, 2] float64 centre of cell (0, 0)
+    step: Tensor  # [Q, 2] cell spacing (1.0 along an axis with one cell)
+    last: Tensor  # [Q, 2] float64 index of the last column / row
+    ncols: Tensor  # [Q] int64 columns in the table of the group
+    max_wh: Tensor  # [Q, 2] float64 largest width / height in the group
+    min_area: Tensor  # [Q] float64
     dense: Tensor  # [Q] bool: not a grid, always take every member
+    any_dense: bool
     offset: Tensor  # [Q] int64 start of the group's table in `table`
     table: Tensor  # [sum ny*nx] int64 anchor indices, row-major per group
 
@@ -186,16 +193,15 @@ def _build_groups(cxcywh: np.ndarray, force_dense: bool) -> _Groups:
         offset += len(table)
         tables.append(table)
 
-    def f64(k: str) -> Tensor:
-        return torch.tensor(fields[k], dtype=torch.float64)
+    def f64(*keys: str) -> Tensor:
+        return torch.tensor([fields[k] for k in keys], dtype=torch.float64).T.contiguous().squeeze(-1)
 
-    def i64(k: str) -> Tensor:
-        return torch.tensor(fields[k], dtype=torch.int64)
-
+    dense = torch.tensor(fields["dense"], dtype=torch.bool)
     return _Groups(
-        x0=f64("x0"), dx=f64("dx"), y0=f64("y0"), dy=f64("dy"), nx=i64("nx"), ny=i64("ny"),
-        max_w=f64("mw"), max_h=f64("mh"), min_area=f64("ma"),
-        dense=torch.tensor(fields["dense"], dtype=torch.bool), offset=i64("off"),
+        origin=f64("x0", "y0"), step=f64("dx", "dy"),
+        last=torch.tensor([fields["nx"], fields["ny"]], dtype=torch.float64).T.contiguous() - 1,
+        ncols=torch.tensor(fields["nx"], dtype=torch.int64), max_wh=f64("mw", "mh"), min_area=f64("ma"),
+        dense=dense, any_dense=bool(dense.any()), offset=torch.tensor(fields["off"], dtype=torch.int64),
         table=torch.from_numpy(np.concatenate(tables) if tables else np.zeros(0, dtype=np.int64)),
     )
 
@@ -278,14 +284,16 @@ class SSDTargetEncoder:
         self._corners = torch.stack((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), dim=-1)
         c = self._corners
         self._area = (c[:, 2] - c[:, 0]) * (c[:, 3] - c[:, 1])
-        self._corner_cols = tuple(c[:, i].contiguous() for i in range(4))
+        self._corners_area = torch.cat((c, self._area[:, None]), dim=1)
         # The smallest IoU that can change a label; pairs below it only matter for leftover bipartite rows.
         t = min(self.pos_iou_threshold, self.neg_iou_limit) if matching == "multi" else self.neg_iou_limit
         self._t = t
         dense = algorithm == "dense" or t <= 0.0
         self._dense = dense
         g = _build_groups(a64.cpu().numpy(), force_dense=dense)
-        self._groups = _Groups(**{k: val.to(self.device) for k, val in g.__dict__.items()})
+        self._groups = _Groups(
+            **{k: (val.to(self.device) if isinstance(val, Tensor) else val) for k, val in g.__dict__.items()}
+        )
 
     # ------------------------------------------------------------------ public API
     @property
@@ -396,39 +404,34 @@ class SSDTargetEncoder:
         aid = self._compact(key, scratch)
         k = key.numel()
         best_v = torch.full((k,), -1.0, dtype=torch.float64, device=dev).scatter_reduce_(0, aid, pv, reduce="amax")
-        is_best = pv == best_v.index_select(0, aid)
+        is_best = torch.nonzero(pv == best_v.index_select(0, aid)).flatten()
         best_m = torch.full((k,), _BIG, dtype=torch.int64, device=dev)
-        best_m.scatter_reduce_(0, aid[is_best], pm[is_best], reduce="amin")
-        rep = torch.nonzero(scratch.index_select(0, key) == torch.arange(k, device=dev)).flatten()  # one pair per anchor
-        akey, av, am = key[rep], best_v[rep], best_m[rep]
-        bip = img * n + gt_match
-        if self.matching == "multi":
-            is_pos = av >= self.pos_iou_threshold
-            pos_key = torch.cat((akey[is_pos], bip))
-            pos_m = torch.cat((am[is_pos], everyone))  # bipartite last: it overrides multi for its anchor
-        else:
-            pos_key, pos_m = bip, everyone
+        best_m.scatter_reduce_(0, aid.index_select(0, is_best), pm.index_select(0, is_best), reduce="amin")
+        rep = torch.nonzero(aid == torch.arange(k, device=dev)).flatten()  # one pair per anchor
+        akey, av, am = key.index_select(0, rep), best_v.index_select(0, rep), best_m.index_select(0, rep)
+        bip = img * n + gt_match  # bipartite matches win their anchor over everything else
         is_bip = torch.zeros(bsz * n, dtype=torch.bool, device=dev)
         is_bip[bip] = True
-        neutral = akey[(av >= self.neg_iou_limit) & ~(av >= self.pos_iou_threshold if self.matching == "multi"
-                                                         else torch.zeros_like(av, dtype=torch.bool))]
-        neutral = neutral[~is_bip.index_select(0, neutral)]
+        free = ~is_bip.index_select(0, akey)
+        above_neg = av >= self.neg_iou_limit
+        if self.matching == "multi":
+            above_pos = av >= self.pos_iou_threshold
+            sel = torch.nonzero(free & above_pos).flatten()
+            pos_key = torch.cat((akey.index_select(0, sel), bip))
+            pos_m = torch.cat((am.index_select(0, sel), everyone))
+            neutral = akey[free & above_neg & ~above_pos]
+        else:
+            pos_key, pos_m = bip, everyone
+            neutral = akey[free & above_neg]
 
         lab_flat = labels_out.view(-1)
         lab_flat[neutral] = -1
-        # resolve overlapping writes: bipartite entries come last in pos_key, and index_put keeps the
-        # last write only on some backends, so pick it explicitly with a scatter over positions
-        owner = torch.full((bsz * n,), -1, dtype=torch.int64, device=dev) if want_matches else None
-        slot = scratch
-        slot[pos_key] = -1
-        slot.scatter_reduce_(0, pos_key, torch.arange(pos_key.numel(), device=dev), reduce="amax")
-        winner = slot.index_select(0, pos_key) == torch.arange(pos_key.numel(), device=dev)
-        pos, mi = pos_key[winner], pos_m[winner]
-        lab_flat[pos] = gl.index_select(0, mi)
-        offsets = encode(cent.index_select(0, mi), self.anchors64.index_select(0, pos % n), self.variances)
-        targets.view(-1, 4)[pos] = offsets.to(torch.float32)
-        if owner is not None:
-            owner[pos] = gidx.index_select(0, mi)
+        lab_flat[pos_key] = gl.index_select(0, pos_m)
+        anchors_pos = self.anchors64.index_select(0, pos_key % n)
+        targets.view(-1, 4)[pos_key] = encode(cent.index_select(0, pos_m), anchors_pos, self.variances).float()
+        if want_matches:
+            owner = torch.full((bsz * n,), -1, dtype=torch.int64, device=dev)
+            owner[pos_key] = gidx.index_select(0, pos_m)
             return labels_out, targets, owner.view(bsz, n)
         return labels_out, targets, None
 
@@ -442,53 +445,49 @@ class SSDTargetEncoder:
         """
         g = self._groups
         dev = self.device
-        t = (t_sub.clamp(min=0) * (1 - 1e-9))[:, None]  # [M, 1]
-        cent = cent.index_select(0, subset)
-        gw, gh = cent[:, 2:3], cent[:, 3:4]  # [M, 1]
-        aw, ah = g.max_w[None], g.max_h[None]  # [1, Q]
-        inter_max = torch.minimum(aw, gw) * torch.minimum(ah, gh)
-        ga = gw * gh
-        ub = inter_max / (g.min_area[None] + ga - inter_max)
-        i_min = t * (g.min_area[None] + ga) / (1 + t)
-        dx_max = (aw + gw) / 2 - i_min / torch.minimum(ah, gh)
-        dy_max = (ah + gh) / 2 - i_min / torch.minimum(aw, gw)
+        n_q = g.ncols.numel()
+        t = (t_sub.clamp(min=0) * (1 - 1e-9))[:, None]  # [M, 1], a hair lower: the windows stay supersets
+        c = cent.index_select(0, subset)
+        gwh = c[:, None, 2:]  # [M, 1, 2]
+        min_wh = torch.minimum(g.max_wh, gwh)  # [M, Q, 2]
+        inter_max = min_wh.prod(-1)  # [M, Q]
+        sum_area = g.min_area + gwh.prod(-1)  # [M, Q]
+        # IoU >= t needs inter >= t * (A + G) / (1 + t); with the other side at most min_wh, each
+        # side's overlap bounds how far the centres may be apart.
+        i_min = (t * sum_area / (1 + t))[..., None]  # [M, Q, 1]
+        d_max = (g.max_wh + gwh) / 2 - i_min / min_wh.flip(-1)  # [M, Q, 2]
         if self._dense:
-            ok = torch.ones_like(ub, dtype=torch.bool)
+            ok = torch.ones_like(inter_max, dtype=torch.bool)
         else:
             # no position of this anchor size can reach t: skip the whole group for this gt
-            ok = (ub >= t) & (dx_max >= 0) & (dy_max >= 0)
-        eps = 1e-6
-        gcx, gcy = cent[:, 0:1], cent[:, 1:2]
-        c_lo = torch.ceil((gcx - dx_max - g.x0) / g.dx - eps).clamp(min=0)
-        c_hi = torch.floor((gcx + dx_max - g.x0) / g.dx + eps)
-        r_lo = torch.ceil((gcy - dy_max - g.y0) / g.dy - eps).clamp(min=0)
-        r_hi = torch.floor((gcy + dy_max - g.y0) / g.dy + eps)
-        c_hi = torch.minimum(c_hi, (g.nx - 1).to(c_hi.dtype))
-        r_hi = torch.minimum(r_hi, (g.ny - 1).to(r_hi.dtype))
-        dense = g.dense[None].expand_as(c_lo)
-        c_lo = torch.where(dense, 0.0, c_lo)
-        r_lo = torch.where(dense, 0.0, r_lo)
-        c_hi = torch.where(dense, (g.nx - 1).to(c_hi.dtype)[None].expand_as(c_hi), c_hi)
-        r_hi = torch.where(dense, 0.0, r_hi)
-        nc = (c_hi - c_lo + 1).clamp(min=0).to(torch.int64)
-        nr = (r_hi - r_lo + 1).clamp(min=0).to(torch.int64)
-        cnt = torch.where(ok, nc * nr, 0).flatten()  # [M*Q]
-        total = int(cnt.sum())
-        if total == 0:
+            ok = (inter_max / (sum_area - inter_max) >= t) & (d_max >= 0).all(-1)
+        gxy = c[:, None, :2]
+        lo = torch.ceil((gxy - d_max - g.origin) / g.step - 1e-6).clamp_(min=0)
+        hi = torch.minimum(torch.floor((gxy + d_max - g.origin) / g.step + 1e-6), g.last)
+        if g.any_dense:
+            lo = torch.where(g.dense[:, None], 0.0, lo)
+            hi = torch.where(g.dense[:, None], g.last, hi)
+        size = (hi - lo + 1).clamp_(min=0)  # [M, Q, 2] columns, rows in the window
+        cnt = torch.where(ok, size.prod(-1), 0).to(torch.int64).flatten()  # [M*Q]
+        mq = torch.repeat_interleave(cnt)
+        if mq.numel() == 0:
             empty_i = torch.zeros(0, dtype=torch.int64, device=dev)
             empty_f = torch.zeros(0, dtype=torch.float64, device=dev)
             return empty_i, empty_i, empty_f, empty_f
-        mq = torch.repeat_interleave(torch.arange(cnt.numel(), device=dev), cnt)
-        local = torch.arange(total, device=dev) - (torch.cumsum(cnt, 0) - cnt)[mq]
-        n_q = g.nx.numel()
-        m = torch.div(mq, n_q, rounding_mode="floor")
-        q = mq - m * n_q
-        ncq = nc.flatten()[mq]
-        r = r_lo.flatten()[mq].to(torch.int64) + torch.div(local, ncq, rounding_mode="floor")
-        c = c_lo.flatten()[mq].to(torch.int64) + local % ncq
-        a = g.table[g.offset[q] + r * g.nx[q] + c]
-        tp = t_sub.index_select(0, m)
-        m = subset.index_select(0, m)
+        lo = lo.to(torch.int64)
+        q_all = torch.arange(n_q, device=dev)
+        # per (gt, group): table position of the window's first cell, window width, table width
+        base = (g.offset[q_all] + lo[..., 1] * g.ncols + lo[..., 0]).flatten()
+        width = size[..., 0].to(torch.int64).flatten()
+        stride = g.ncols.expand(cnt.numel() // n_q, n_q).flatten()
+        local = torch.arange(mq.numel(), device=dev) - (torch.cumsum(cnt, 0) - cnt).index_select(0, mq)
+        w_p = width.index_select(0, mq)
+        row = torch.div(local, w_p, rounding_mode="floor")
+        pos = base.index_select(0, mq) + row * stride.index_select(0, mq) + (local - row * w_p)
+        a = g.table.index_select(0, pos)
+        m_local = torch.div(mq, n_q, rounding_mode="floor")
+        tp = t_sub.index_select(0, m_local)
+        m = subset.index_select(0, m_local)
         v = self._pair_iou(gcorn.index_select(0, m), garea.index_select(0, m), a)
         return m, a, v, tp
 
@@ -503,21 +502,19 @@ class SSDTargetEncoder:
         if grid.numel() == 0:
             return torch.zeros(subset.numel(), dtype=torch.float64, device=self.device)
         c = cent.index_select(0, subset)
-        col = torch.round((c[:, 0:1] - g.x0[grid]) / g.dx[grid]).clamp(min=0)
-        col = torch.minimum(col, (g.nx[grid] - 1).to(col.dtype)).to(torch.int64)
-        row = torch.round((c[:, 1:2] - g.y0[grid]) / g.dy[grid]).clamp(min=0)
-        row = torch.minimum(row, (g.ny[grid] - 1).to(row.dtype)).to(torch.int64)
-        a = g.table[g.offset[grid] + row * g.nx[grid] + col]  # [M, Qg]
+        cell = torch.round((c[:, None, :2] - g.origin[grid]) / g.step[grid]).clamp_(min=0)
+        cell = torch.minimum(cell, g.last[grid]).to(torch.int64)  # [M, Qg, 2]
+        a = g.table[g.offset[grid] + cell[..., 1] * g.ncols[grid] + cell[..., 0]]  # [M, Qg]
         v = self._pair_iou(gcorn.index_select(0, subset)[:, None, :], garea.index_select(0, subset)[:, None], a)
         return v.amax(dim=1)
 
     def _pair_iou(self, gc: Tensor, ga: Tensor, a: Tensor) -> Tensor:
         """IoU of gt corners ``gc [..., 4]`` (areas ``ga``) with anchors ``a`` (indices), reference formula."""
-        ax0, ay0, ax1, ay1 = (col.index_select(0, a.flatten()).view(a.shape) for col in self._corner_cols)
-        iw = (torch.minimum(gc[..., 2], ax1) - torch.maximum(gc[..., 0], ax0)).clamp_(min=0)
-        ih = (torch.minimum(gc[..., 3], ay1) - torch.maximum(gc[..., 1], ay0)).clamp_(min=0)
+        ac = self._corners_area.index_select(0, a.flatten()).view(*a.shape, 5)
+        iw = (torch.minimum(gc[..., 2], ac[..., 2]) - torch.maximum(gc[..., 0], ac[..., 0])).clamp_(min=0)
+        ih = (torch.minimum(gc[..., 3], ac[..., 3]) - torch.maximum(gc[..., 1], ac[..., 1])).clamp_(min=0)
         inter = iw.mul_(ih)
-        return inter / (ga + self._area.index_select(0, a.flatten()).view(a.shape) - inter)
+        return inter / (ga + ac[..., 4] - inter)
 
     @staticmethod
     def _compact(keys: Tensor, scratch: Tensor) -> Tensor:
