@@ -22,7 +22,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["AnchorGenerator", "PRESETS", "SizeLike"]
+__all__ = ["AnchorGenerator", "PRESETS", "SizeLike", "coverage", "fit_anchors", "CoverageReport"]
+
+_ANALYSIS = ("coverage", "fit_anchors", "CoverageReport", "FitResult", "best_anchor_iou", "plot_anchor_coverage")
+
+
+def __getattr__(name: str) -> object:
+    # the analysis tools live in ssdkit.anchor_analysis (they need the encoder, which needs this module)
+    if name in _ANALYSIS:
+        from . import anchor_analysis
+
+        return getattr(anchor_analysis, name)
+    raise AttributeError(f"module 'ssdkit.anchors' has no attribute {name!r}")
 
 SizeLike = int | Sequence[int]
 _Pair = float | Sequence[float] | None

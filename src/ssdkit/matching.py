@@ -491,21 +491,36 @@ class SSDTargetEncoder:
         v = self._pair_iou(gcorn.index_select(0, m), garea.index_select(0, m), a)
         return m, a, v, tp
 
-    def _best_iou_estimate(self, cent: Tensor, gcorn: Tensor, garea: Tensor, subset: Tensor) -> Tensor:
-        """For gts ``subset``, the best IoU over the anchor at the nearest grid cell of each size.
+    def best_iou_per_group(self, cent: Tensor, gcorn: Tensor, garea: Tensor) -> tuple[Tensor, Tensor]:
+        """Exact best IoU of each box with each anchor-size group, and the anchor reaching it.
 
-        IoU falls off monotonically with the centre distance along each axis, so this is the best
-        IoU of each grid group; it only steers the next level's threshold (any value is correct).
+        Args:
+            cent, gcorn, garea: boxes ``[M, 4]`` centroids and corners, ``[M]`` areas, in the anchors'
+                coordinate system.
+
+        Returns:
+            ``(iou float64 [M, Q], anchor index int64 [M, Q])``. For a grid group IoU falls off
+            monotonically with the centre distance along each axis, so the nearest cell is the best;
+            other groups (clipped anchors) are searched member by member.
         """
         g = self._groups
-        grid = torch.nonzero(~g.dense).flatten()
-        if grid.numel() == 0:
-            return torch.zeros(subset.numel(), dtype=torch.float64, device=self.device)
-        c = cent.index_select(0, subset)
-        cell = torch.round((c[:, None, :2] - g.origin[grid]) / g.step[grid]).clamp_(min=0)
-        cell = torch.minimum(cell, g.last[grid]).to(torch.int64)  # [M, Qg, 2]
-        a = g.table[g.offset[grid] + cell[..., 1] * g.ncols[grid] + cell[..., 0]]  # [M, Qg]
-        v = self._pair_iou(gcorn.index_select(0, subset)[:, None, :], garea.index_select(0, subset)[:, None], a)
+        cell = torch.round((cent[:, None, :2] - g.origin) / g.step).clamp_(min=0)
+        cell = torch.minimum(cell, g.last).to(torch.int64)  # [M, Q, 2]
+        a = g.table[g.offset + cell[..., 1] * g.ncols + cell[..., 0]]  # [M, Q]
+        v = self._pair_iou(gcorn[:, None, :], garea[:, None], a)
+        if g.any_dense:
+            for q in torch.nonzero(g.dense).flatten().tolist():
+                members = g.table[int(g.offset[q]) : int(g.offset[q]) + int(g.ncols[q])]
+                iou = self._pair_iou(gcorn[:, None, :], garea[:, None], members[None, :])  # [M, K]
+                best, arg = iou.max(dim=1)
+                v[:, q], a[:, q] = best, members[arg]
+        return v, a
+
+    def _best_iou_estimate(self, cent: Tensor, gcorn: Tensor, garea: Tensor, subset: Tensor) -> Tensor:
+        """For gts ``subset``, the best IoU over all anchors (steers the next greedy level only)."""
+        v, _ = self.best_iou_per_group(
+            cent.index_select(0, subset), gcorn.index_select(0, subset), garea.index_select(0, subset)
+        )
         return v.amax(dim=1)
 
     def _pair_iou(self, gc: Tensor, ga: Tensor, a: Tensor) -> Tensor:
