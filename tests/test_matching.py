@@ -214,3 +214,16 @@ def test_zero_neg_limit_uses_dense_path_and_matches_reference() -> None:
     lab, tgt, lab_r, tgt_r = run_both(enc, boxes, labels, gen.anchors(dtype=torch.float64).numpy(), 120, 120,
                                       neg_iou_limit=0.0)
     np.testing.assert_array_equal(lab, lab_r)
+
+
+def test_encoder_pickles_and_gives_the_same_targets() -> None:
+    import pickle
+
+    gen = AnchorGenerator.preset("ssd300_voc")
+    enc = SSDTargetEncoder(gen, 300, 3)
+    boxes, labels = [torch.tensor([[20.0, 30, 120, 160]])], [torch.tensor([2])]
+    first = enc(boxes, labels)  # creates the per-thread scratch buffer
+    clone = pickle.loads(pickle.dumps(enc))
+    second = clone(boxes, labels)
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+    assert clone.config() == enc.config()

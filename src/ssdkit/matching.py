@@ -321,6 +321,17 @@ class SSDTargetEncoder:
         assert matched is not None
         return labels_out, targets, matched
 
+    def __getstate__(self) -> dict[str, Any]:
+        # the per-thread scratch buffer is a cache: drop it so the encoder pickles (spawned DataLoader
+        # workers, DDP) and gets a fresh one on the other side
+        state = self.__dict__.copy()
+        del state["_tls"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._tls = threading.local()
+
     def _scratch(self, size: int) -> Tensor:
         # A fresh multi-MB buffer per call costs more in page faults than the whole matching; keep one
         # per thread (DataLoader workers are processes and get their own).
@@ -632,4 +643,5 @@ class SSDTargetEncoder:
             "variances": list(self.variances),
             "degenerate": self.degenerate,
             "normalize_coords": self.normalize_coords,
+            "algorithm": self.algorithm,
         }
