@@ -27,10 +27,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.reference_numpy import decode_numpy, encode_numpy  # noqa: E402
-from ssdkit.anchors import AnchorGenerator  # noqa: E402
-from ssdkit.matching import SSDTargetEncoder  # noqa: E402
-from ssdkit.postprocess import decode_detections  # noqa: E402
+from bench.reference_numpy import decode_numpy, encode_numpy
+from ssdkit.anchors import AnchorGenerator
+from ssdkit.matching import SSDTargetEncoder
+from ssdkit.postprocess import decode_detections
 
 
 def voc_like_boxes(rng: np.random.Generator, batch: int, size: int = 300, n_classes: int = 20):
@@ -104,10 +104,11 @@ def main() -> None:
                    rep_ref)
     rows.append(("encode (multi)", t_ours, t_ref))
     for mode, conf, kw in (("per_class", 0.01, {}), ("global", 0.5, {"top_k": None})):
-        t_ours = timeit(lambda: decode_detections(logits, deltas, gen, 300, confidence_thresh=conf, nms=mode, **kw),
-                        rep_fast)
-        t_ref = timeit(lambda: decode_numpy(logits.numpy(), deltas.numpy(), anchors64, 300, 300,
-                                            confidence_thresh=conf, nms=mode, top_k=kw.get("top_k", 200)), rep_ref)
+        t_ours = timeit(lambda conf=conf, mode=mode, kw=kw: decode_detections(
+            logits, deltas, gen, 300, confidence_thresh=conf, nms=mode, **kw), rep_fast)
+        t_ref = timeit(lambda conf=conf, mode=mode, kw=kw: decode_numpy(
+            logits.numpy(), deltas.numpy(), anchors64, 300, 300, confidence_thresh=conf, nms=mode,
+            top_k=kw.get("top_k", 200)), rep_ref)
         rows.append((f"decode ({mode}, conf {conf})", t_ours, t_ref))
 
     n_gt = sum(len(x) for x in labels)

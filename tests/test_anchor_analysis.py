@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from ssdkit.anchors import AnchorGenerator, coverage, fit_anchors
 from ssdkit.anchor_analysis import best_anchor_iou, plot_anchor_coverage
+from ssdkit.anchors import AnchorGenerator, coverage, fit_anchors
 from ssdkit.boxes import box_iou
 
 

@@ -87,7 +87,7 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
     wrong.write_text(yaml.safe_dump({**MINIMAL, "train": {"epochs": -3}}))
     with pytest.raises(ConfigError, match=r"wrong\.yaml: train\.epochs: must be >= 1"):
         load_config(wrong)
-    with pytest.raises(ConfigError, match="expected key.path=value"):
+    with pytest.raises(ConfigError, match=r"expected key\.path=value"):
         load_config(MINIMAL, ["train.epochs"])
     with pytest.raises(ConfigError, match="is not a section"):
         load_config(MINIMAL, ["model.name.x=1"])

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["AnchorGenerator", "PRESETS", "SizeLike", "coverage", "fit_anchors", "CoverageReport"]
+__all__ = ["PRESETS", "AnchorGenerator", "SizeLike"]  # plus the lazy analysis names in _ANALYSIS
 
 _ANALYSIS = ("coverage", "fit_anchors", "CoverageReport", "FitResult", "best_anchor_iou", "plot_anchor_coverage")
 

@@ -24,8 +24,8 @@ is kept for testing; both give identical results.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -353,7 +353,8 @@ class SSDTargetEncoder:
         targets = torch.zeros((bsz, n, 4), dtype=torch.float32, device=dev)
         n_gt = gb.shape[0]
         if n_gt == 0:
-            return labels_out, targets, torch.full((bsz, n), -1, dtype=torch.int64, device=dev) if want_matches else None
+            matched = torch.full((bsz, n), -1, dtype=torch.int64, device=dev) if want_matches else None
+            return labels_out, targets, matched
 
         img = torch.repeat_interleave(torch.arange(bsz, device=dev), counts)
         gidx = torch.arange(n_gt, device=dev) - (torch.cumsum(counts, 0) - counts)[img]

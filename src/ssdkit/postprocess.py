@@ -105,7 +105,7 @@ def decode_detections(
         raise ValueError(f"nms must be 'per_class' or 'global', got {nms!r}")
     if cls_logits.dim() != 3:
         raise ValueError(f"cls_logits must be [B, N, C+1], got {tuple(cls_logits.shape)}")
-    b, n, c1 = cls_logits.shape
+    b, n, _ = cls_logits.shape
     if box_deltas.shape != (b, n, 4):
         raise ValueError(f"box_deltas must be [{b}, {n}, 4] to match cls_logits, got {tuple(box_deltas.shape)}")
     if anchors.shape != (n, 4):

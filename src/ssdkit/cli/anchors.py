@@ -51,13 +51,12 @@ def _sections(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any],
 
     raw = read_yaml(args.data)
     apply_overrides(raw, args.overrides)
-    data = raw["data"] if "data" in raw else raw
+    data = raw.get("data", raw)
     model = dict(raw.get("model") or {})
     if args.model_config:
         model = dict(read_yaml(args.model_config).get("model") or {})
-    if args.model:
-        if model.get("name") != args.model:
-            model = {"name": args.model}  # another architecture: its own default anchors
+    if args.model and model.get("name") != args.model:
+        model = {"name": args.model}  # another architecture: its own default anchors
     if not model.get("name"):
         raise ConfigError("no model: pass --model NAME (see `ssdkit models`) or a config with model.name")
     encoder = dict(raw.get("encoder") or {})
