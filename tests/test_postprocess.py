@@ -151,3 +151,20 @@ def test_candidate_truncation_is_exact(case: str) -> None:
     ref = decode_numpy(logits.numpy(), deltas.numpy(), gen.anchors(dtype=torch.float64).numpy(), 200, 200,
                        top_k=150, iou_threshold=0.3)
     assert_same_detections(out, ref)
+
+
+def test_dense_and_sorted_top_m_paths_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over-full groups are truncated by a sort (few candidates) or dense topk (many): same detections."""
+    import ssdkit.postprocess as P
+
+    gen = AnchorGenerator.preset("ssd300_voc")
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(2, gen.num_anchors, 6, generator=g) * 0.5  # ~every anchor and class is a candidate
+    deltas = torch.randn(2, gen.num_anchors, 4, generator=g) * 0.3
+    monkeypatch.setattr(P, "_SORT_MAX", 10**9)
+    by_sort = P.decode_detections(logits, deltas, gen, 300)
+    monkeypatch.setattr(P, "_SORT_MAX", 0)
+    by_topk = P.decode_detections(logits, deltas, gen, 300)
+    for a, b in zip(by_sort, by_topk):
+        assert a.shape == b.shape == (200, 6)
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
