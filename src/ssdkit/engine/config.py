@@ -88,6 +88,7 @@ OPEN_SECTIONS = {"model", "data", "augment"}
 
 SCHEMA: dict[str, Any] = {
     "name": Field(STR, "run", doc="run folder name under train.out_dir"),
+    "demo": Field(DICT, None, nullable=True, doc="`ssdkit demo` only: the synthetic dataset's size and seed"),
     "model": {
         "name": Field(STR, None, doc="architecture, see `ssdkit models`", nullable=True),
         "image_size": Field((int, list), None, nullable=True, doc="H or [H, W]; default: the model's"),
@@ -95,7 +96,7 @@ SCHEMA: dict[str, Any] = {
         "checkpoint": Field(STR, None, nullable=True, doc="start from this ssdkit checkpoint's weights"),
     },
     "data": {
-        "format": Field(STR, None, nullable=True, check=_choice("voc", "csv", "coco", "yolo", "synthetic")),
+        "format": Field(STR, None, nullable=True, check=_choice("voc", "csv", "coco", "yolo")),
         "root": Field(STR, None, nullable=True),
         "classes": Field(LIST, None, nullable=True),
         "cache": Field(STR, "none", check=_choice("none", "memory", "hdf5")),
@@ -134,7 +135,8 @@ SCHEMA: dict[str, Any] = {
         "warmup_iters": Field(INT, 0, check=_range(0)),
         "warmup_factor": Field(NUM, 0.001, check=_range(0, 1)),
         "patience": Field(INT, 3, check=_range(0), doc="plateau: epochs without improvement"),
-        "monitor": Field(STR, "val_loss", doc="plateau: metric to watch (val_loss, map, loss)"),
+        "monitor": Field(STR, "val_loss", check=_choice("val_loss", "map", "loss"),
+                         doc="plateau: metric to watch (val_loss, map, loss)"),
     },
     "train": {
         "epochs": Field(INT, 10, check=_range(1)),
@@ -147,18 +149,35 @@ SCHEMA: dict[str, Any] = {
         "grad_clip": Field(NUM, None, nullable=True, check=_range(0, lo_open=True)),
         "seed": Field(INT, 0),
         "out_dir": Field(STR, "runs"),
-        "checkpoint_every": Field(INT, 1, check=_range(1), doc="epochs between checkpoints"),
+        "checkpoint_every": Field(INT, 1, check=_range(1),
+                                  doc="epochs between template-named checkpoints (last.pt is written every epoch)"),
         "checkpoint_template": Field(STR, None, nullable=True,
                                      doc="extra checkpoint name, e.g. epoch{epoch:02d}_loss{loss:.4f}.pt"),
+        "checkpoint_every_iters": Field(INT, None, nullable=True, check=_range(1),
+                                        doc="also write last.pt every N iterations inside an epoch"),
+        "checkpoint_every_min": Field(NUM, None, nullable=True, check=_range(0, lo_open=True),
+                                      doc="also write last.pt when this many minutes passed since the last write"),
         "keep_best_by": Field(STR, "map", doc="metric for best.pt: map | val_loss | loss"),
-        "early_stop_patience": Field(INT, None, nullable=True, check=_range(1)),
-        "stop_on_nan": Field(BOOL, True),
+        "early_stop_patience": Field(INT, None, nullable=True, check=_range(1),
+                                     doc="stop after this many evaluated epochs without improvement"),
+        "early_stop_by": Field(STR, None, nullable=True, doc="metric for early stopping (default: keep_best_by)"),
+        "early_stop_min_delta": Field(NUM, 0.0, check=_range(0), doc="smallest change that counts as improvement"),
+        "stop_on_nan": Field(BOOL, True, doc="stop on a non-finite loss (false: skip that batch and go on)"),
         "max_iters_per_epoch": Field(INT, None, nullable=True, check=_range(1)),
         "time_limit_min": Field(NUM, None, nullable=True, check=_range(0, lo_open=True),
-                                doc="stop after this many minutes (after the current epoch's evaluation)"),
+                                doc="stop after the epoch that would otherwise end past this many minutes of "
+                                    "training (counted across resumes)"),
+        "time_limit_fit": Field(BOOL, False, doc="after each epoch, set train.epochs to what fits in "
+                                                 "train.time_limit_min (at most as requested; the schedule follows)"),
+        "drop_last": Field(BOOL, True, doc="drop the last incomplete training batch of each epoch"),
         "sync_bn": Field(BOOL, False),
-        "log_every": Field(INT, 20, check=_range(1)),
+        "ddp_backend": Field(STR, "auto", check=_choice("auto", "nccl", "gloo")),
+        "log_every": Field(INT, 20, check=_range(1), doc="iterations between iterations.csv/TensorBoard rows"),
+        "progress": Field(BOOL, True, doc="tqdm progress bar per epoch"),
+        "tensorboard": Field(BOOL, True),
         "plots": Field(BOOL, True),
+        "plot_images": Field(INT, 8, check=_range(0), doc="validation images in val_predictions.png"),
+        "exist_ok": Field(BOOL, False, doc="reuse runs/<name> instead of creating runs/<name>-2, -3, ..."),
         "anchor_check": Field(BOOL, True, doc="warn when anchor coverage of the training boxes is below 95%"),
     },
     "eval": {
@@ -170,6 +189,9 @@ SCHEMA: dict[str, Any] = {
         "top_k": Field(INT, 200, check=_range(1)),
         "nms": Field(STR, "per_class", check=_choice("per_class", "global")),
         "batch_size": Field(INT, None, nullable=True, check=_range(1)),
+        "split": Field(STR, "val", check=_choice("train", "val", "test"), doc="split used for validation"),
+        "keep_aspect": Field(BOOL, False, doc="pad images to the input aspect ratio before resizing"),
+        "plot_score": Field(NUM, 0.3, check=_range(0, 1), doc="score threshold of drawn predictions"),
     },
 }
 
@@ -258,9 +280,13 @@ def validate_config(cfg: Mapping[str, Any], source: str | None = None) -> dict[s
         amp = out["train"]["amp"]
         if isinstance(amp, str) and amp not in ("bf16", "fp16"):
             raise ConfigError(f"train.amp: must be true, false, 'bf16' or 'fp16', got {amp!r}")
-        if out["train"]["keep_best_by"] not in ("map", "val_loss", "loss"):
-            raise ConfigError(f"train.keep_best_by: must be 'map', 'val_loss' or 'loss', got "
-                              f"{out['train']['keep_best_by']!r}")
+        for key in ("keep_best_by", "early_stop_by"):
+            value = out["train"][key]
+            if value is not None and value not in ("map", "val_loss", "loss"):
+                raise ConfigError(f"train.{key}: must be 'map', 'val_loss' or 'loss', got {value!r}")
+        name = out["name"]
+        if not name or "/" in name or "\\" in name or name in (".", ".."):
+            raise ConfigError(f"name: must be a plain folder name (no '/'), got {name!r}")
     except ConfigError as exc:
         raise ConfigError(f"{prefix}{exc}") from None
     return out

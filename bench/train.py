@@ -1,0 +1,173 @@
+"""Training throughput, data pipeline included: ssdkit SSDLite-MobileNetV2 vs torchvision SSDLite320.
+
+Setup: BCCD train split (../shared/data/bccd, 205 photos of 640x480, JPEG decoded every time), the
+original SSD augmentation chain to 300x300 (ssdkit.data.ssd_augmentation) for both, batch 16,
+SGD momentum 0.9. Measured: images per second over whole training iterations, i.e. loading,
+decoding, augmenting, target matching, forward, loss, backward and the optimiser step.
+
+- ``ssdkit``: the real training path: ``Trainer(config).setup()`` then ``trainer._step`` on the
+  trainer's own loader (targets encoded by the batched matcher; in the DataLoader workers when
+  ``--workers`` > 0), ``ssdlite320_mobilenet_v2`` at 300x300, ``MultiBoxLoss``.
+- ``torchvision``: ``torchvision.models.detection.ssdlite320_mobilenet_v3_large(weights=None,
+  weights_backbone=None)`` training step (its own per-image matching and loss inside ``forward``)
+  with its transform set to 300x300, fed by the same ssdkit loader (same decoding and augmentation,
+  no target encoding) converted to its input format (list of float images, target dicts).
+- ``ssdkit ... channels_last``: the same with ``train.channels_last=true`` (oneDNN's NHWC kernels,
+  much faster for the depthwise convolutions on CPU).
+- ``--mnv3`` (information): ssdkit's ``ssdlite320_mobilenet_v3_large``, the same backbone as
+  torchvision's model.
+
+Rounds alternate between the contenders in the same process (the machine's load hits both alike);
+the table reports the median images/s over rounds and the ratio to torchvision.
+
+Usage: python bench/train.py [--quick] [--batch 16] [--workers N] [--rounds R] [--steps S] [--threads T] [--mnv3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+CLASSES = ["RBC", "WBC", "Platelets"]
+
+
+def ssdkit_contender(model_name: str, data_root: Path, batch: int, workers: int, size: int,
+                     amp: str | bool, channels_last: bool) -> tuple[Callable[[], int], Any]:
+    """A function running one ssdkit training iteration (returns images processed)."""
+    from ssdkit.engine.trainer import Trainer
+
+    cfg = {
+        "name": "bench",
+        "model": {"name": model_name, "image_size": size},
+        "data": {"format": "voc", "root": str(data_root), "classes": CLASSES, "train": "train",
+                 "check_images": "none"},
+        "augment": {"chain": "ssd"},
+        "optimizer": {"name": "sgd", "lr": 0.001, "momentum": 0.9, "weight_decay": 5e-4},
+        "schedule": {"name": "constant"},
+        "train": {"batch_size": batch, "workers": workers, "progress": False, "out_dir": "/tmp/ssdkit-bench",
+                  "amp": amp, "channels_last": channels_last, "tensorboard": False, "exist_ok": True},
+        "eval": {"every": 0},
+    }
+    tr = Trainer(cfg).setup()
+    tr.model.train()
+    batches = _forever(tr.train_loader)
+
+    def step() -> int:
+        b = next(batches)
+        tr._step(b, False)
+        return int(b["images"].shape[0])
+
+    return step, tr
+
+
+def torchvision_contender(data_root: Path, batch: int, workers: int, size: int) -> Callable[[], int]:
+    """One torchvision SSDLite320-MobileNetV3 training iteration on the same loader (no encoder)."""
+    from torchvision.models.detection import ssdlite320_mobilenet_v3_large
+
+    from ssdkit.data import build_dataset, build_loader, ssd_augmentation
+
+    model = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=len(CLASSES) + 1)
+    model.transform.min_size = (size,)
+    model.transform.max_size = size
+    model.transform.fixed_size = (size, size)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9, weight_decay=5e-4)
+    ds = build_dataset({"format": "voc", "root": str(data_root), "classes": CLASSES, "train": "train",
+                        "check_images": "none"}, "train")
+    loader = build_loader(ds, batch_size=batch, shuffle=True, workers=workers,
+                          transforms=ssd_augmentation(size, background=(127, 127, 127)), drop_last=True)
+    batches = _forever(loader)
+
+    def step() -> int:
+        b = next(batches)
+        images = [im.float().div_(255.0) for im in b["images"]]
+        targets = [{"boxes": t["boxes"], "labels": t["labels"]} for t in b["targets"]]
+        losses = model(images, targets)
+        loss = sum(losses.values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return len(images)
+
+    return step
+
+
+def _forever(loader: Any) -> Iterator[Any]:
+    while True:
+        yield from loader
+
+
+def measure(step: Callable[[], int], steps: int) -> float:
+    """Images per second over ``steps`` iterations (data loading included)."""
+    t0 = time.perf_counter()
+    n = sum(step() for _ in range(steps))
+    return n / (time.perf_counter() - t0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="2 rounds of 3 iterations (a smoke run)")
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "bccd"), help="BCCD VOC folder")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--size", type=int, default=300)
+    ap.add_argument("--workers", type=int, default=1, help="DataLoader workers for both (default 1)")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=8, help="iterations per round and contender")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--amp", default="false", help="ssdkit train.amp (false, bf16)")
+    ap.add_argument("--no-channels-last", action="store_true", help="skip the ssdkit train.channels_last=true row")
+    ap.add_argument("--mnv3", action="store_true", help="add ssdkit's MobileNetV3 model (same backbone as torchvision)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.rounds, args.steps = 2, 3
+    data = Path(args.data)
+    if not (data / "Annotations").is_dir():
+        print(f"BCCD not found at {data} (give --data)", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    amp: str | bool = False if args.amp in ("false", "0", "no") else args.amp
+
+    contenders: dict[str, Callable[[], int]] = {}
+    contenders["ssdkit ssdlite320_mobilenet_v2"], _ = ssdkit_contender(
+        "ssdlite320_mobilenet_v2", data, args.batch, args.workers, args.size, amp, False)
+    if not args.no_channels_last:
+        contenders["ssdkit ssdlite320_mobilenet_v2 channels_last"], _ = ssdkit_contender(
+            "ssdlite320_mobilenet_v2", data, args.batch, args.workers, args.size, amp, True)
+    contenders["torchvision ssdlite320_mobilenet_v3_large"] = torchvision_contender(data, args.batch, args.workers,
+                                                                                     args.size)
+    if args.mnv3:
+        contenders["ssdkit ssdlite320_mobilenet_v3_large (info)"], _ = ssdkit_contender(
+            "ssdlite320_mobilenet_v3_large", data, args.batch, args.workers, args.size, amp, False)
+    for step in contenders.values():  # warm-up: workers started, allocator and kernels warm
+        measure(step, 2)
+    rates: dict[str, list[float]] = {k: [] for k in contenders}
+    for r in range(args.rounds):
+        for name, step in contenders.items():
+            rates[name].append(measure(step, args.steps))
+        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{v[-1]:.1f}" for v in rates.values()) + " img/s",
+              file=sys.stderr)
+    tv = statistics.median(rates["torchvision ssdlite320_mobilenet_v3_large"])
+    print(f"\ntraining images/s, batch {args.batch} at {args.size}x{args.size}, BCCD train with the SSD augmentation, "
+          f"{args.workers} worker(s), {torch.get_num_threads()} thread(s), {args.rounds} rounds x {args.steps} "
+          f"iterations (median)")
+    print(f"{'contender':<46}{'img/s':>8}{'min':>8}{'max':>8}{'vs torchvision':>16}")
+    for name, v in rates.items():
+        med = statistics.median(v)
+        print(f"{name:<46}{med:>8.1f}{min(v):>8.1f}{max(v):>8.1f}{med / tv:>15.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
