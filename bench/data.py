@@ -61,10 +61,12 @@ def _tv_dataset(ds: Any) -> Any:
             data = torch.frombuffer(bytearray(Path(rec.path).read_bytes()), dtype=torch.uint8)
             img = tv_tensors.Image(decode_jpeg(data, mode=ImageReadMode.RGB))
             h, w = img.shape[-2:]
-            tgt = {"boxes": tv_tensors.BoundingBoxes(torch.from_numpy(rec.boxes.copy()), format="XYXY", canvas_size=(h, w)),
+            tgt = {"boxes": tv_tensors.BoundingBoxes(torch.from_numpy(rec.boxes.copy()), format="XYXY",
+                                                     canvas_size=(h, w)),
                    "labels": torch.from_numpy(rec.labels.copy())}
             img, tgt = tf(img, tgt)
-            return img.as_subclass(torch.Tensor), {"boxes": tgt["boxes"].as_subclass(torch.Tensor), "labels": tgt["labels"],
+            return img.as_subclass(torch.Tensor), {"boxes": tgt["boxes"].as_subclass(torch.Tensor),
+                                                   "labels": tgt["labels"],
                                                    "difficult": torch.zeros(len(tgt["labels"]), dtype=torch.bool),
                                                    "image_id": rec.image_id, "orig_size": (int(h), int(w)),
                                                    "inverse": torch.tensor([1.0, 1.0, 0.0, 0.0])}
@@ -193,7 +195,8 @@ def bench_reads(root: Path, ids: int, reps: int) -> dict[str, float]:
                 for i in order:
                     ds.read_image(int(i))
                 rates.append(n / (time.perf_counter() - t))
-            out[{"none": "JPEG decode", "memory": "memory cache", "hdf5": "HDF5 cache"}[cache]] = statistics.median(rates)
+            out[{"none": "JPEG decode", "memory": "memory cache",
+                 "hdf5": "HDF5 cache"}[cache]] = statistics.median(rates)
     return out
 
 

@@ -38,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from ssdkit.eval import COCOEvaluator, VOCEvaluator  # noqa: E402
+from ssdkit.eval import COCOEvaluator, VOCEvaluator
 
 
 def make_data(n_images: int, n_classes: int, max_dets: int, seed: int = 0) -> tuple[list[torch.Tensor], list[dict]]:

@@ -103,3 +103,17 @@ def test_evaluate_writes_metrics_table_and_plots(trained: dict[str, Path], tmp_p
                "--metric", "coco", "--out", str(tmp_path / "coco"), f"data.root={trained['voc']}"])
     assert rc == 0
     assert json.loads((tmp_path / "coco" / "metrics.json").read_text())["n_images"] == 12
+    # several metrics from one pass: the first gives the table, each is recomputed from the same detections
+    capsys.readouterr()
+    rc = main(["evaluate", str(trained["run"] / "best.pt"), "--metric", "all", "--out", str(tmp_path / "all")])
+    assert rc == 0
+    text = capsys.readouterr().out
+    m_all = json.loads((tmp_path / "all" / "metrics.json").read_text())
+    assert set(m_all["metrics"]) == {"voc07", "voc10", "coco"} and m_all["metrics"]["voc07"] == m["map"]
+    assert set(m_all["metrics"]["coco"]) >= {"AP", "AP50"} and set(m_all["per_class_ap"]["voc10"]) == {
+        "red", "green", "blue"}
+    assert "mAP (voc10)" in text and "COCO AP@[.5:.95]" in text
+    with pytest.raises(SystemExit) as exc:  # argparse's usage error: exit status 2, one line
+        main(["evaluate", str(trained["run"] / "best.pt"), "--metric", "voc07,map50"])
+    assert exc.value.code == 2
+    assert "unknown metric(s) ['map50']" in capsys.readouterr().err

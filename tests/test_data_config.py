@@ -27,17 +27,21 @@ def voc(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ({"format": "voc", "root": ".", "trian": "x"}, r"data\.trian: unknown key; did you mean 'train'"),
     ({"format": "voc", "root": "."}, r"data: configure at least one of"),
     ({"format": "voc", "train": {"image_set": 3}, "root": "."}, r"data\.train\.image_set: must be a string or a list"),
-    ({"format": "voc", "train": {"imageset": "x"}, "root": "."}, r"data\.train\.imageset: unknown key; did you mean 'image_set'"),
+    ({"format": "voc", "train": {"imageset": "x"}, "root": "."},
+     r"data\.train\.imageset: unknown key; did you mean 'image_set'"),
     ({"format": "voc", "train": [{"image_set": "a"}, {"exclude_difficult": "yes"}], "root": "."},
      r"data\.train\[1\]\.exclude_difficult: must be true/false"),
     ({"format": "csv", "train": {"images_dir": "x"}}, r"data\.train\.labels: required"),
-    ({"format": "voc", "root": ".", "train": "t", "policy": {"degenrate": "remove"}}, r"data\.policy\.degenrate: unknown key; did you mean 'degenerate'"),
-    ({"format": "voc", "root": ".", "train": "t", "policy": {"degenerate": "drop"}}, r"data\.policy\.degenerate: must be one of"),
+    ({"format": "voc", "root": ".", "train": "t", "policy": {"degenrate": "remove"}},
+     r"data\.policy\.degenrate: unknown key; did you mean 'degenerate'"),
+    ({"format": "voc", "root": ".", "train": "t", "policy": {"degenerate": "drop"}},
+     r"data\.policy\.degenerate: must be one of"),
     ({"format": "voc", "root": ".", "train": "t", "policy": {"min_image_side": 0}}, r"data\.policy\.min_image_side"),
     ({"format": "voc", "root": ".", "train": "t", "cache": "disk"}, r"data\.cache: must be one of"),
     ({"format": "voc", "root": ".", "train": "t", "check_images": "full"}, r"data\.check_images"),
     ({"format": "voc", "root": ".", "train": "t", "classes": "no_such_file.txt"}, r"data\.classes: 'no_such_file.txt'"),
-    ({"format": "voc", "root": ".", "train": "t", "classes": ["background", "a", "background"]}, r"data\.classes: 'background'"),
+    ({"format": "voc", "root": ".", "train": "t", "classes": ["background", "a", "background"]},
+     r"data\.classes: 'background'"),
     ({"format": "voc", "train": "t"}, r"data\.root: required for format 'voc'"),
     ({"format": "voc", "root": ".", "train": "t", "yaml": "d.yaml"}, r"data\.yaml: only used with format 'yolo'"),
 ])
@@ -94,7 +98,8 @@ def test_classes_are_unified_across_splits(tmp_path: Path) -> None:
     # make 'val' contain a class that 'train' lacks
     ds = VOCDataset(root, "val", check_images="none", verbose=False)
     xml = Path(root, "Annotations", ds.image_ids[0] + ".xml")
-    xml.write_text(xml.read_text().replace("</annotation>", "<object><name>zz</name><bndbox><xmin>1</xmin><ymin>1</ymin>"
+    xml.write_text(xml.read_text().replace("</annotation>",
+                                           "<object><name>zz</name><bndbox><xmin>1</xmin><ymin>1</ymin>"
                                            "<xmax>9</xmax><ymax>9</ymax></bndbox></object></annotation>"))
     cfg = {"format": "voc", "root": str(root), "train": "train", "val": "val", "check_images": "none"}
     assert build_dataset(cfg, "train").classes == build_dataset(cfg, "val").classes

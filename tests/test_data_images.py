@@ -63,14 +63,14 @@ def test_grayscale_rgba_palette_cmyk() -> None:
 def test_16bit_png_maps_full_range() -> None:
     a16 = np.zeros((40, 60), np.uint16)
     a16[:, :20], a16[:, 20:40], a16[:, 40:] = 0, 32768, 65535
-    ok, enc = cv2.imencode(".png", a16)
+    _ok, enc = cv2.imencode(".png", a16)
     data = enc.tobytes()
     assert probe_image(data).mode.startswith("I")
     out = decode_image(data)
     assert out.shape == (40, 60, 3) and out.dtype == np.uint8
     assert out[0, 0].tolist() == [0, 0, 0] and out[0, 30].tolist() == [128] * 3 and out[0, 50].tolist() == [255] * 3
     rgb16 = np.dstack([a16, a16, a16])
-    ok, enc = cv2.imencode(".png", rgb16)
+    _ok, enc = cv2.imencode(".png", rgb16)
     assert decode_image(enc.tobytes())[0, 50].tolist() == [255] * 3
 
 
@@ -87,7 +87,7 @@ def test_exif_orientation_applied(fmt: str) -> None:
 
 
 def test_truncated_jpeg_non_image_and_empty_file() -> None:
-    ok, enc = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    _ok, enc = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
     data = enc.tobytes()
     with pytest.raises(DataError, match="truncated JPEG"):
         decode_image(data[: len(data) // 2], "cut.jpg")
@@ -114,8 +114,8 @@ def _dataset_with(tmp_path: Path, files: dict[str, bytes], **kw: object) -> CSVD
 
 
 def test_broken_files_error_at_build_or_counted_skip(tmp_path: Path) -> None:
-    ok, good = cv2.imencode(".jpg", np.full((32, 32, 3), 80, np.uint8))
-    ok, tiny = cv2.imencode(".png", np.zeros((1, 1, 3), np.uint8))
+    _ok, good = cv2.imencode(".jpg", np.full((32, 32, 3), 80, np.uint8))
+    _ok, tiny = cv2.imencode(".png", np.zeros((1, 1, 3), np.uint8))
     files = {
         "good.jpg": good.tobytes(),
         "cut.jpg": good.tobytes()[:200],
@@ -131,22 +131,22 @@ def test_broken_files_error_at_build_or_counted_skip(tmp_path: Path) -> None:
     assert ds.report.count("corrupt_image", "dropped image") == 2
     assert ds.report.count("small_image", "dropped image") == 1
     (tmp_path / "missing.csv").write_text("filename,xmin,ymin,xmax,ymax,class\nnope.jpg,0,0,1,1,a\n")
-    with pytest.raises(DataError, match="nope.jpg: image file not found"):
+    with pytest.raises(DataError, match=r"nope\.jpg: image file not found"):
         CSVDataset(tmp_path, tmp_path / "missing.csv", check_images="exists", verbose=False)
     # at check_images='none' the broken file is only found when loaded: a DataError naming it
     ds = _dataset_with(tmp_path, {"cut.jpg": good.tobytes()[:200]}, check_images="none")
-    with pytest.raises(DataError, match="cut.jpg: (truncated|broken) JPEG"):
+    with pytest.raises(DataError, match=r"cut\.jpg: (truncated|broken) JPEG"):
         ds[0]
     # ... or, with bad_image=skip, a warning and the next image
     ds = _dataset_with(tmp_path, {"a_cut.jpg": good.tobytes()[:200], "b_good.jpg": good.tobytes()},
                        check_images="none", policy={"bad_image": "skip"})
     with pytest.warns(UserWarning, match="a_cut.jpg"):
-        img, t = ds[0]
+        _img, t = ds[0]
     assert t["image_id"] == "b_good"
 
 
 def test_decode_level_finds_corruption_inside_the_data(tmp_path: Path) -> None:
-    ok, good = cv2.imencode(".jpg", np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    _ok, good = cv2.imencode(".jpg", np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8))
     data = bytearray(good.tobytes())
     sos = data.find(b"\xff\xda")
     data[sos + 2:sos + 4] = b"\xff\xff"  # broken scan header; the end marker is still there

@@ -64,7 +64,7 @@ def test_encoding_in_worker_equals_main_and_direct(synth: Path, encoder: SSDTarg
     b = _batches(build_loader(ds, 3, workers=0, transforms=tf, encoder=encoder, encode_in="main"))
     for x, y in zip(a, b):
         assert torch.equal(x["labels"], y["labels"]) and torch.equal(x["box_targets"], y["box_targets"])
-        lab, tgt = encoder([t["boxes"] for t in y["targets"]], [t["labels"] for t in y["targets"]])
+        lab, _tgt = encoder([t["boxes"] for t in y["targets"]], [t["labels"] for t in y["targets"]])
         assert torch.equal(lab, y["labels"])
         # deterministic preprocessing: inverse maps the boxes back to the annotation
         for t in y["targets"]:
@@ -130,7 +130,7 @@ def test_memory_and_hdf5_caches(tmp_path: Path) -> None:
         np.testing.assert_array_equal(h5.read_image(i), ref)
     with pytest.raises(ValueError):
         mem.read_image(0)[0, 0, 0] = 1  # read-only views: transforms never write into the cache
-    img, t = h5[1]
+    img, _t = h5[1]
     assert img.shape == (3, 96, 128)
     # workers (fork) read both caches
     for ds in (mem, h5):

@@ -209,8 +209,8 @@ def test_csv_wrong_column_order_missing_column_and_lines(tmp_path: Path) -> None
     _img(tmp_path / "a.jpg")
     (tmp_path / "l.csv").write_text("filename,xmin,ymin,xmax,ymax,class\na.jpg,1,2,10,20,cat\n")
     with pytest.raises(DataError, match="column order is probably wrong"):
-        CSVDataset(tmp_path, tmp_path / "l.csv", input_format=["image_name", "xmin", "xmax", "ymin", "ymax", "class_id"],
-                   **FAST)
+        CSVDataset(tmp_path, tmp_path / "l.csv",
+                   input_format=["image_name", "xmin", "xmax", "ymin", "ymax", "class_id"], **FAST)
     (tmp_path / "m.csv").write_text("filename,xmin,ymin,xmax,class\na.jpg,1,2,10,cat\n")
     with pytest.raises(DataError, match=r"m\.csv: missing column\(s\) ymax"):
         CSVDataset(tmp_path, tmp_path / "m.csv", **FAST)
@@ -299,11 +299,11 @@ def test_yolo_yaml_labels_polygons_and_missing_labels(tmp_path: Path) -> None:
     np.testing.assert_allclose(ds.annotation(0)["boxes"].numpy(), [[80, 30, 120, 70], [40, 20, 60, 30]], atol=1e-4)
     np.testing.assert_allclose(ds.annotation(1)["boxes"].numpy(), [[20, 10, 60, 50]], atol=1e-4)
     assert ds.report.count("no_label_file") == 1
-    img, t = ds[0]
+    _image, t = ds[0]
     assert t["labels"].tolist() == [1, 2]
     val = YOLODataset(d / "data.yaml", "val", check_images="none", verbose=False)
     assert len(val) == 1
-    img, t = val[0]  # size unknown at build: boxes converted at load
+    _image, t = val[0]  # size unknown at build: boxes converted at load
     assert t["boxes"].shape == (0, 4)
     (d / "labels" / "train" / "c.txt").write_text("5 0.5 0.5 0.1 0.1\n")
     with pytest.raises(DataError, match=r"c\.txt, line 1: class '<class id 5>'"):
@@ -316,7 +316,7 @@ def test_memory_urls_for_images_and_annotations(tmp_path: Path) -> None:
 
     fs = fsspec.filesystem("memory")
     base = "memory://ssdkit-test-voc"
-    ok, jpg = cv2.imencode(".jpg", np.full((40, 60, 3), 90, np.uint8))
+    _ok, jpg = cv2.imencode(".jpg", np.full((40, 60, 3), 90, np.uint8))
     fs.pipe(f"{base}/JPEGImages/x.jpg", jpg.tobytes())
     _voc_xml(tmp_path / "x.xml", [("cat", 1, 1, 10, 10)])
     fs.pipe(f"{base}/Annotations/x.xml", (tmp_path / "x.xml").read_bytes())

@@ -120,7 +120,7 @@ def test_eval_preprocessing_inverse_round_trips(sample: tuple, size: tuple, keep
 def test_invert_boxes_batched_tensor_and_flip() -> None:
     img = np.zeros((40, 60, 3), np.uint8)
     tgt = {"boxes": np.array([[5, 6, 20, 30]], np.float32), "labels": np.array([1]), "difficult": np.array([False])}
-    out, t = T.Compose([T.Flip(), T.Resize(100), T.CropPad(-10, 7, 90, 95)])(img, tgt)
+    _out, t = T.Compose([T.Flip(), T.Resize(100), T.CropPad(-10, 7, 90, 95)])(img, tgt)
     assert t["inverse"][0] < 0
     np.testing.assert_allclose(T.invert_boxes(t["boxes"], t["inverse"]), tgt["boxes"], atol=1e-3)
     bt = torch.as_tensor(t["boxes"])[None].repeat(2, 1, 1)
@@ -218,7 +218,8 @@ def test_tensor_in_tensor_out_and_torchvision_transforms() -> None:
     from ssdkit.data.transforms import apply_transform
 
     img = torch.randint(0, 256, (3, 40, 60), dtype=torch.uint8)
-    tgt = {"boxes": torch.tensor([[1.0, 2.0, 30.0, 20.0]]), "labels": torch.tensor([2]), "difficult": torch.tensor([True])}
+    tgt = {"boxes": torch.tensor([[1.0, 2.0, 30.0, 20.0]]), "labels": torch.tensor([2]),
+           "difficult": torch.tensor([True])}
     out, t = T.Compose([T.RandomFlip(1.0), T.Resize(32)])(img, tgt)
     assert isinstance(out, torch.Tensor) and out.shape == (3, 32, 32) and out.dtype == torch.uint8
     assert isinstance(t["boxes"], torch.Tensor) and t["difficult"].tolist() == [True]
@@ -226,7 +227,8 @@ def test_tensor_in_tensor_out_and_torchvision_transforms() -> None:
     tv = v2.Compose([v2.RandomHorizontalFlip(1.0), v2.Resize((20, 30)),
                      v2.SanitizeBoundingBoxes(labels_getter=lambda s: (s[1]["labels"], s[1]["difficult"]))])
     arr = img.permute(1, 2, 0).numpy()
-    o, t2 = apply_transform(tv, arr, {k: v.numpy() for k, v in tgt.items()} | {"inverse": np.array([1, 1, 0, 0], np.float32)})
+    o, t2 = apply_transform(tv, arr,
+                            {k: v.numpy() for k, v in tgt.items()} | {"inverse": np.array([1, 1, 0, 0], np.float32)})
     assert o.shape == (20, 30, 3) and np.isnan(t2["inverse"]).all()
     np.testing.assert_allclose(t2["boxes"], [[15, 1, 29.5, 10]], atol=1e-4)
 

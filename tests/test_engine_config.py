@@ -12,15 +12,16 @@ from ssdkit.data import build_augmentation, validate_data_config
 from ssdkit.engine.config import SCHEMA, Field, load_config
 from ssdkit.engine.schedule import LRSchedule
 from ssdkit.engine.trainer import Trainer, build_model_from_config, check_template, resolve_amp, section_error
-from ssdkit.errors import ConfigError
+from ssdkit.errors import ConfigError, DataError
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 ISSUE_CONFIGS = {"ssd300_voc0712", "ssd512_voc0712", "ssd300_coco", "ssd7_udacity", "ssd300_mobilenet_v1_voc",
-                 "deepfake_faces_ssd300", "toy_digits", "demo"}
+                 "deepfake_faces_ssd300", "toy_digits", "demo", "bccd_ssdlite_mnv2", "raccoon_ssdlite_mnv2",
+                 "bccd_ssd7_scratch"}
 
 
 def test_the_issue_configs_exist() -> None:
-    assert ISSUE_CONFIGS <= {p.stem for p in CONFIGS}
+    assert {p.stem for p in CONFIGS} >= ISSUE_CONFIGS
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -33,7 +34,7 @@ def test_config_validates_and_builds(path: Path) -> None:
     build_augmentation(cfg["augment"], tuple(model.image_size), background=tuple(model.mean))
     if cfg["train"]["checkpoint_template"]:
         check_template(cfg["train"]["checkpoint_template"])
-    assert data["train"] and cfg["name"] == path.stem or path.stem == "demo"
+    assert (data["train"] and cfg["name"] == path.stem) or path.stem == "demo"
 
 
 def test_recipe_details() -> None:
@@ -49,6 +50,24 @@ def test_recipe_details() -> None:
     assert lrs == pytest.approx([1e-3] * 8 + [1e-4] * 4 + [1e-5] * 3)
     udacity = load_config(ROOT / "configs" / "ssd7_udacity.yaml")
     assert udacity["model"]["image_size"] == [300, 480] and len(udacity["data"]["classes"]) == 5
+
+
+@pytest.mark.parametrize("name", ["bccd_ssdlite_mnv2", "raccoon_ssdlite_mnv2", "bccd_ssd7_scratch"])
+def test_real_data_recipes_read_their_data_and_take_a_root_override(
+        name: str, shared_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real-data configs find ../shared from the checkout root, and data.root moves them elsewhere."""
+    from ssdkit.data import build_dataset
+
+    cfg_path = ROOT / "configs" / f"{name}.yaml"
+    data = "bccd" if name.startswith("bccd") else "raccoon"
+    monkeypatch.chdir(ROOT)  # relative data roots resolve against the working directory
+    cfg = load_config(cfg_path, ["model.backbone_weights=null"])
+    sizes = {s: len(build_dataset(cfg["data"], s, check_images="none", verbose=False)) for s in ("train", "val")}
+    assert sizes == ({"train": 205, "val": 87} if data == "bccd" else {"train": 160, "val": 40})
+    moved = load_config(cfg_path, [f"data.root={tmp_path / 'elsewhere'}"])
+    assert moved["data"]["root"] == str(tmp_path / "elsewhere")
+    with pytest.raises((FileNotFoundError, ConfigError, DataError), match="elsewhere"):
+        build_dataset(moved["data"], "train", check_images="none", verbose=False)
 
 
 @pytest.mark.parametrize(

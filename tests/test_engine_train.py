@@ -114,7 +114,7 @@ def test_optimizer_groups_exclude_norm_and_bias() -> None:
     assert decay["weight_decay"] == cfg["weight_decay"] and no_decay["weight_decay"] == 0.0
     assert all(p.dim() == 4 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
     assert len(build_optimizer(model, cfg).param_groups) == 1
-    with pytest.raises(ConfigError, match="optimizer.nesterov"):
+    with pytest.raises(ConfigError, match=r"optimizer\.nesterov"):
         build_optimizer(model, {**cfg, "nesterov": True, "momentum": 0.0})
 
 

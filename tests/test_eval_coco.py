@@ -168,7 +168,7 @@ def test_bad_category_mappings() -> None:
         COCOEvaluator(NAMES4, label_to_cat_id={1: 1, 2: 2})
     with pytest.raises(ValueError, match="same category id"):
         COCOEvaluator(NAMES4, label_to_cat_id=[1, 1, 2, 3])
-    with pytest.raises(ValueError, match="4 ids for 4|3 ids for 4"):
+    with pytest.raises(ValueError, match=r"4 ids for 4|3 ids for 4"):
         COCOEvaluator(NAMES4, label_to_cat_id=[1, 2, 3])
 
 

@@ -11,7 +11,9 @@ import torch
 from models_utils import TwoMapBackbone, images
 from torch import nn
 
+import ssdkit
 from ssdkit.anchors import AnchorGenerator
+from ssdkit.checkpoint import save
 from ssdkit.errors import ConfigError
 from ssdkit.models import SSD, build_model, count_macs, list_models, register_model
 from ssdkit.models.registry import _CUSTOM
@@ -149,6 +151,55 @@ def test_non_default_sizes_measure_feature_maps(name, size, fms):
     assert m.config["steps"] is None
     gen = m.anchor_generator
     assert m.num_anchors == sum(h * w * b for (h, w), b in zip(gen.feature_map_sizes, gen.boxes_per_layer))
+
+
+@pytest.mark.parametrize(("name", "c3_channels"), [("ssdlite320_mobilenet_v2", 192),
+                                                   ("ssdlite320_mobilenet_v3_large", 240)])
+def test_ssdlite_stride8_adds_the_c3_map_and_a_default_scale(name, c3_channels, tmp_path):
+    """stride8=True: the C3 expansion (stride 8) predicts too; default scales gain 0.1 in front, the
+    other maps, their weights' names and the stride-16/32 outputs are those of the plain model."""
+    plain = build_model(name, 3, image_size=(288, 384)).eval()
+    m = build_model(name, 3, image_size=(288, 384), stride8=True).eval()
+    assert m.feature_map_sizes == [(36, 48), *plain.feature_map_sizes]
+    assert m.config["scales"] == [0.1, *plain.config["scales"]] and m.config["stride8"] is True
+    assert m.num_anchors == plain.num_anchors + 36 * 48 * 6
+    feats = m.backbone(torch.zeros(1, 3, 288, 384))
+    assert feats[0].shape[1] == c3_channels and len(feats) == 7
+    # same backbone weights -> same stride-16 and later maps (the split moves no layer)
+    m.backbone.load_state_dict(_remap_stride8(plain.backbone.state_dict(), m.backbone.state_dict()))
+    x = torch.rand(1, 3, 288, 384)
+    for a, b in zip(plain.backbone(x), m.backbone(x)[1:]):
+        torch.testing.assert_close(a, b)
+    # explicit scales must match the 7 layers, with a clear message otherwise
+    with pytest.raises(ConfigError, match="n_layers \\+ 1 = 8"):
+        build_model(name, 3, stride8=True, scales=[0.2, 0.35, 0.5, 0.65, 0.8, 0.95, 1.0])
+    with pytest.raises(ConfigError, match="stride8 must be true or false"):
+        build_model(name, 3, stride8="yes")
+    save(tmp_path / "s8.pt", m)
+    again = ssdkit.load(tmp_path / "s8.pt").eval()
+    torch.testing.assert_close(again(x * 255)[0], m(x * 255)[0])
+
+
+def test_null_scales_and_aspect_ratios_mean_the_model_default():
+    """``model.scales=null`` on the command line (a config's fitted scales switched off) gives the
+    model's default anchors, stride-8 layer included; ``None`` with min/max still means linspace."""
+    fitted = [0.07566, 0.2, 0.2723, 0.6427, 0.65, 0.8, 0.95, 1.0]
+    m = build_model("ssdlite320_mobilenet_v2", 3, image_size=(288, 384), stride8=True, scales=None,
+                    aspect_ratios=None)
+    assert m.config["scales"] == [0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.95, 1.0] != fitted
+    assert m.anchor_generator.boxes_per_layer == [6] * 7
+    lin = build_model("ssd7", 3, scales=None, min_scale=0.1, max_scale=0.5)
+    assert lin.config["scales"] == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5])
+
+
+def _remap_stride8(plain: dict, target: dict) -> dict:
+    """The plain backbone's tensors under the stride-8 split's names (same order, same shapes)."""
+    src = [v for k, v in plain.items() if not k.startswith("extras.")]
+    dst = [k for k in target if not k.startswith("extras.")]
+    assert [tuple(v.shape) for v in src] == [tuple(target[k].shape) for k in dst]
+    out = dict(zip(dst, src))
+    out.update({k: v for k, v in plain.items() if k.startswith("extras.")})
+    return out
 
 
 # ------------------------------------------------------------------------------------------ forward / backward

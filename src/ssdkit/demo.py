@@ -276,16 +276,14 @@ def _write_range(root: str, size: tuple[int, int], seed: int, classes: tuple[str
 
 
 def demo_config(out: str | os.PathLike[str]) -> dict[str, Any]:
-    """``configs/demo.yaml`` (or the packaged copy) pointed at ``<out>``: data in ``<out>/data``,
+    """The packaged ``configs/demo.yaml`` pointed at ``<out>``: data in ``<out>/data``,
     run folder ``<out>`` itself."""
     from .engine.config import read_yaml
 
-    here = Path(__file__).resolve()
-    candidates = [Path.cwd() / "configs" / "demo.yaml", here.parents[2] / "configs" / "demo.yaml",
-                  here.parent / "configs" / "demo.yaml"]
-    path = next((p for p in candidates if p.is_file()), None)
-    if path is None:
-        raise FileNotFoundError("configs/demo.yaml not found (run from the ssdkit checkout)")
+    # the packaged file (configs/demo.yaml in a checkout links to it), so the demo runs from any folder
+    path = Path(__file__).resolve().parent / "configs" / "demo.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the ssdkit installation is incomplete (reinstall it)")
     cfg = read_yaml(path)
     out = Path(out)
     cfg.setdefault("data", {})["root"] = str(out / "data")

@@ -33,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "data",
         help="check or convert datasets",
-        description="Validate datasets (VOC, CSV, COCO, YOLO, or a config's data: section) and convert between formats.",
+        description=("Validate datasets (VOC, CSV, COCO, YOLO, or a config's data: section) "
+                     "and convert between formats."),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -104,7 +105,8 @@ def run_convert(args: argparse.Namespace) -> int:
 
     datasets = _open(args)
     for split, ds in datasets.items():
-        info = convert_dataset(ds, args.to, args.out, split=split if split != "all" else "train", images=args.copy_images)
+        info = convert_dataset(ds, args.to, args.out, split=split if split != "all" else "train",
+                               images=args.copy_images)
         print(f"{split}: {info['images']} images -> {args.to} " + ", ".join(f"{k}={v}" for k, v in info.items()
                                                                            if k not in ("format", "images")))
     return 0

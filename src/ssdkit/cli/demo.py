@@ -9,8 +9,9 @@ EPILOG = """examples:
   ssdkit demo --out /tmp/demo --minutes 8  # another folder, a longer training budget
   ssdkit demo train.batch_size=16          # any config override (configs/demo.yaml)
 
-what it does: renders digits 0-9 on cluttered canvases (no download) into <out>/data (Pascal VOC
-layout), trains configs/demo.yaml (a toy SSD, from scratch) with `ssdkit train`, evaluates VOC07
+what it does: renders filled shapes (circle, square, triangle, star; digits 0-9 with demo.kind=digits)
+on cluttered canvases (no download) into <out>/data (Pascal VOC layout), trains configs/demo.yaml
+(a toy SSD, from scratch) with `ssdkit train`, evaluates VOC07
 mAP@0.5 on the validation images and draws predictions into <out>/predictions/.
 Then try:  ssdkit evaluate <out>/best.pt   and   tensorboard --logdir <out>/tb
 """

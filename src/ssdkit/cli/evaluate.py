@@ -11,6 +11,7 @@ EPILOG = """examples:
   ssdkit evaluate runs/bccd/best.pt --data configs/bccd_ssdlite_mnv2.yaml --split val --metric voc07
   ssdkit evaluate runs/bccd/best.pt --data configs/bccd_ssdlite_mnv2.yaml data.root=/data/bccd --metric coco
   ssdkit evaluate runs/demo/best.pt --out runs/demo/eval --draw 8 --score 0.5
+  ssdkit evaluate runs/bccd/best.pt --metric all                      # voc07, voc10 and coco from one pass
 
 writes to --out (default: <checkpoint folder>/eval_<split>): metrics.json (mAP, per-class rows, error
 breakdown), pr_curves.png and, with --draw N, N images with their detections. Boxes are evaluated
@@ -33,7 +34,9 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.root=/data/voc")
     p.add_argument("--data", metavar="CONFIG", help="config whose data: section is used (default: the checkpoint's)")
     p.add_argument("--split", help="split to evaluate: train, val or test (default: eval.split, usually val)")
-    p.add_argument("--metric", choices=["voc07", "voc10", "coco"], help="default: the config's eval.metric")
+    p.add_argument("--metric", type=_metrics, metavar="METRIC[,METRIC]",
+                   help="voc07, voc10, coco, a comma-separated list or 'all' (one inference pass; the first "
+                        "gives the table); default: the config's eval.metric")
     p.add_argument("--out", help="output folder (default: <checkpoint folder>/eval_<split>)")
     p.add_argument("--batch-size", type=int, help="images per batch (default: eval.batch_size or 16)")
     p.add_argument("--workers", type=int, default=0, help="data loading processes (default 0)")
@@ -45,6 +48,16 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--draw", type=int, default=0, metavar="N", help="save N images with their detections")
     p.set_defaults(func=run)
     return p
+
+
+def _metrics(text: str) -> list[str]:
+    from ssdkit.engine.evaluator import METRICS
+
+    names = list(METRICS) if text.strip() == "all" else [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in names if m not in METRICS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown metric(s) {bad or [text]}; choose from {list(METRICS)} or 'all'")
+    return list(dict.fromkeys(names))
 
 
 def _resolve_config(args: argparse.Namespace, ckpt: dict[str, Any]) -> dict[str, Any]:
@@ -67,6 +80,10 @@ def _resolve_config(args: argparse.Namespace, ckpt: dict[str, Any]) -> dict[str,
     return load_config(stored, args.overrides)
 
 
+def _headline(result: Any) -> Any:
+    return dict(result.stats) if hasattr(result, "stats") else float(result.map)
+
+
 def _keys(path: str) -> set[str]:
     from ssdkit.engine.config import read_yaml
 
@@ -79,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     from ssdkit.checkpoint import load
     from ssdkit.cli.train import setup_logging
     from ssdkit.data import build_dataset
-    from ssdkit.engine.evaluator import evaluate
+    from ssdkit.engine.evaluator import compute_metric, evaluate
     from ssdkit.engine.trainer import read_checkpoint, select_device
     from ssdkit.errors import ConfigError
 
@@ -94,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = _resolve_config(args, ckpt)
     ecfg = cfg["eval"]
     split = args.split or ecfg["split"]
-    metric = args.metric or ecfg["metric"]
+    metrics = args.metric or [ecfg["metric"]]
+    metric = metrics[0]
     device = select_device(args.device)
     model = load(args.checkpoint, device=device)
     data_cfg = dict(cfg["data"])
@@ -115,12 +133,17 @@ def run(args: argparse.Namespace) -> int:
     from ssdkit.eval import error_breakdown
     from ssdkit.eval.report import write_json
 
-    breakdown = error_breakdown(out.detections, out.targets, out.class_names,
-                                iou_threshold=ecfg["iou_threshold"] if args.iou is None else args.iou,
+    iou = ecfg["iou_threshold"] if args.iou is None else args.iou
+    breakdown = error_breakdown(out.detections, out.targets, out.class_names, iou_threshold=iou,
                                 score_threshold=args.score)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = {"checkpoint": str(args.checkpoint), "split": split, **out.to_dict(),
                "error_breakdown": breakdown.to_dict()}
+    extra = {m: compute_metric(m, out.detections, out.targets, out.class_names, iou) for m in metrics[1:]}
+    if extra:
+        summary["metrics"] = {metric: out.map, **{m: _headline(r) for m, r in extra.items()}}
+        summary["per_class_ap"] = {m: r.ap_by_class if m != "coco" else dict(zip(out.class_names, r.ap.tolist()))
+                                   for m, r in {metric: out.result, **extra}.items()}
     write_json(out_dir / "metrics.json", summary)
     out.result.plot_pr(out_dir / "pr_curves.png")
     if out.samples:
@@ -135,6 +158,14 @@ def run(args: argparse.Namespace) -> int:
     print(breakdown.summary_table())
     print(f"\n{name} ({metric}) on {out.n_images} {split} images: {out.map:.4f}"
           + (f"   AP50 {out.result.stats['AP50']:.4f}" if metric == "coco" else ""))
+    for m, r in extra.items():
+        if m == "coco":
+            st = r.stats
+            print(f"COCO AP@[.5:.95] {st['AP']:.4f}   AP50 {st['AP50']:.4f}   AP75 {st['AP75']:.4f}   "
+                  f"APs {st['APs']:.4f}   APm {st['APm']:.4f}   APl {st['APl']:.4f}")
+        else:
+            per = "   ".join(f"{k} {v:.4f}" for k, v in r.ap_by_class.items())
+            print(f"mAP ({m}) {r.map:.4f}   {per}")
     print(f"results: {out_dir / 'metrics.json'}, {out_dir / 'pr_curves.png'}")
     del torch
     return 0

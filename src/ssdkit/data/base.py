@@ -239,7 +239,8 @@ class ValidationReport:
 
     def format(self, max_examples: int = 3) -> str:
         """Multi-line summary: sizes, boxes per class, image-size spread, problems by kind with examples."""
-        lines = [f"{self.name}", f"  images: {self.n_images}    boxes: {self.n_boxes}    (image check: {self.check_level})"]
+        lines = [f"{self.name}",
+                 f"  images: {self.n_images}    boxes: {self.n_boxes}    (image check: {self.check_level})"]
         if self.boxes_per_class:
             lines.append("  boxes per class:")
             width = max(len(c) for c in self.boxes_per_class)

@@ -230,7 +230,8 @@ def default_cache_path(name: str, paths: Sequence[str], cache_dir: str | None = 
     return os.path.join(os.path.expanduser(cache_dir) if cache_dir else env_cache_dir(), f"{safe}-{key}.h5")
 
 
-def build_cache(dataset: Any, mode: str, path: str | None = None, cache_dir: str | None = None) -> MemoryCache | HDF5Cache:
+def build_cache(dataset: Any, mode: str, path: str | None = None,
+                cache_dir: str | None = None) -> MemoryCache | HDF5Cache:
     """The cache of ``dataset`` (``'memory'`` or ``'hdf5'``), building or reusing it."""
     paths = dataset.fingerprint_items()
     if mode == "memory":

@@ -37,6 +37,7 @@ from .transforms import (
     RandomExpand,
     RandomFlip,
     RandomPatch,
+    RandomRotate,
     RandomScale,
     RandomTranslate,
     Resize,
@@ -61,15 +62,34 @@ def ssd_augmentation(
     size: SizeLike = 300,
     background: Color = (123, 117, 104),
     interpolations: Sequence[str] = SSD_INTERPOLATIONS,
+    expand_p: float = 0.5,
+    expand_max: float = 4.0,
+    crop_p: float = 0.857,
+    crop_min_scale: float = 0.3,
+    flip: float = 0.5,
+    vflip: float = 0.0,
+    rotate90: float = 0.0,
 ) -> Compose:
-    """The original SSD training chain (see the module docstring); output ``size`` ``(H, W)`` or square."""
-    return Compose([
+    """The original SSD training chain (see the module docstring); output ``size`` ``(H, W)`` or square.
+
+    The defaults are the original chain's. The knobs exist for data the original chain was not made
+    for: ``expand_max`` (zoom-out factor; 4x turns 25 px objects into 6 px ones, so small-object data
+    wants ~1.5), ``expand_p``, ``crop_p`` and ``crop_min_scale`` of the IoU crop, and for data without
+    a canonical orientation (microscopy, aerial) ``vflip`` (vertical flip probability) and ``rotate90``
+    (probability of a 90/180/270 degree rotation, before the crop so the patch aspect stays random).
+    """
+    ops: list[Transform] = [
         PhotometricDistort((-32, 32, 0.5), (0.5, 1.5, 0.5), (0.5, 1.5, 0.5), (18, 0.5), 0.0, "random"),
-        RandomExpand(1.0, 4.0, p=0.5, background=background),
-        SSDRandomCrop(),
-        RandomFlip(0.5),
-        Resize(size, interpolation=list(interpolations), box_filter=BoxFilter(False, False, True)),
-    ])
+    ]
+    if expand_p > 0:
+        ops.append(RandomExpand(1.0, expand_max, p=expand_p, background=background))
+    if rotate90 > 0:
+        ops.append(RandomRotate((90, 180, 270), p=rotate90))
+    ops += [SSDRandomCrop(min_scale=crop_min_scale, p=crop_p), RandomFlip(flip)]
+    if vflip > 0:
+        ops.append(RandomFlip(vflip, "vertical"))
+    ops.append(Resize(size, interpolation=list(interpolations), box_filter=BoxFilter(False, False, True)))
+    return Compose(ops)
 
 
 def _photometric(brightness: Range3, contrast: Range3, saturation: Range3, hue: tuple[float, float],

@@ -153,7 +153,8 @@ class COCODataset(DetectionDataset):
     def _raw(self, im: dict[str, Any], names: list[str], boxes: list[list[float]], diff: list[bool],
              refs: list[Any], ann: str) -> RawImage:
         w, h = im.get("width"), im.get("height")
-        size = (int(h), int(w)) if isinstance(w, (int, float)) and isinstance(h, (int, float)) and w > 0 and h > 0 else None
+        size = ((int(h), int(w)) if isinstance(w, (int, float)) and isinstance(h, (int, float)) and w > 0 and h > 0
+                else None)
         if "file_name" not in im:
             raise DataError(f"{ann}: image id {im.get('id')} has no file_name")
         return RawImage(

@@ -41,7 +41,8 @@ __all__ = ["build_dataset", "validate_data_config", "FORMATS", "SPLITS"]
 
 FORMATS = ("voc", "csv", "coco", "yolo")
 SPLITS = ("train", "val", "test")
-DATA_KEYS = ("format", "root", "classes", "train", "val", "test", "policy", "check_images", "cache", "cache_dir", "yaml")
+DATA_KEYS = ("format", "root", "classes", "train", "val", "test", "policy", "check_images", "cache", "cache_dir",
+             "yaml")
 SPLIT_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "voc": {"image_set": (str, list), "ids": list, "include_classes": list, "exclude_truncated": bool,
             "exclude_difficult": bool, "images_dir": str, "annotations_dir": str, "image_sets_dir": str, "root": str},
@@ -187,8 +188,8 @@ def _build_one(cfg: dict[str, Any], spec: dict[str, Any], split: str, classes: l
     if fmt == "coco":
         from .coco import COCODataset
 
-        return COCODataset(_resolve(root, spec.get("images_dir") or ".") or ".", _resolve(root, spec["annotations"]) or "",
-                           classes=classes, **common)
+        return COCODataset(_resolve(root, spec.get("images_dir") or ".") or ".",
+                           _resolve(root, spec["annotations"]) or "", classes=classes, **common)
     from .yolo import YOLODataset
 
     y = spec.get("yaml") or cfg.get("yaml")
@@ -248,7 +249,8 @@ def build_dataset(data_cfg: Mapping[str, Any], split: str, transforms: Callable[
     if cfg.get("cache_dir"):
         opts.setdefault("cache_dir", cfg["cache_dir"])
     specs = cfg[split]
-    parts = [_build_one(cfg, spec, split, classes, transforms if len(specs) == 1 else None, dict(opts)) for spec in specs]
+    parts = [_build_one(cfg, spec, split, classes, transforms if len(specs) == 1 else None, dict(opts))
+             for spec in specs]
     if len(parts) == 1:
         return parts[0]
     return ConcatDetectionDataset(parts, transforms=transforms)
@@ -293,7 +295,8 @@ def open_datasets(source: str, split: str | None = None, images_dir: str | None 
                 if doc.get(s) and split in (None, s):
                     out[s] = YOLODataset(src, s, **options)
         else:
-            raise ConfigError(f"{source}: neither an ssdkit config (no 'data:' section) nor a YOLO data YAML (no 'names')")
+            raise ConfigError(f"{source}: neither an ssdkit config (no 'data:' section) "
+                              "nor a YOLO data YAML (no 'names')")
     elif lower.endswith(".json"):
         from .coco import COCODataset, load_coco_json
 
@@ -312,9 +315,11 @@ def open_datasets(source: str, split: str | None = None, images_dir: str | None 
 
         if exists(join(src, "data.yaml")):
             return open_datasets(join(src, "data.yaml"), split, **options)
-        ann = "Annotations" if exists(join(src, "Annotations")) else "annotations" if exists(join(src, "annotations")) else None
+        ann = ("Annotations" if exists(join(src, "Annotations"))
+               else "annotations" if exists(join(src, "annotations")) else None)
         if ann is None:
-            raise ConfigError(f"{source}: no Annotations/ (VOC) or data.yaml (YOLO) folder found; give a config, JSON or CSV")
+            raise ConfigError(f"{source}: no Annotations/ (VOC) or data.yaml (YOLO) folder found; "
+                              "give a config, JSON or CSV")
         img_dir = images_dir or ("JPEGImages" if exists(join(src, "JPEGImages")) else "images")
         sets = sorted(os.path.splitext(f)[0] for f in list_files(join(src, "ImageSets", "Main"))
                       if f.endswith(".txt") and "_" not in f)

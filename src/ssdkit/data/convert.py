@@ -147,7 +147,8 @@ def write_csv(ds: DetectionDataset, out: str, split: str = "train", images: str 
     with_diff = any(bool(rec.difficult.any()) for rec, _, _ in items)
     buf = io.StringIO()
     wr = csv.writer(buf, lineterminator="\n")
-    wr.writerow(["filename", "width", "height", "class", "xmin", "ymin", "xmax", "ymax"] + (["difficult"] if with_diff else []))
+    wr.writerow(["filename", "width", "height", "class", "xmin", "ymin", "xmax", "ymax"]
+                + (["difficult"] if with_diff else []))
     for rec, (h, w), boxes in items:
         fn = names[rec.image_id]
         if len(boxes) == 0:
@@ -174,11 +175,13 @@ def write_yolo(ds: DetectionDataset, out: str, split: str = "train", images: str
             lines.append(" ".join([str(int(lab) - 1), _num(cx), _num(cy), _num(bw), _num(bh)]))
         n_difficult += int(rec.difficult.sum())
         stem = os.path.splitext(names[rec.image_id])[0]
-        write_bytes(os.path.join(out, "labels", split, stem + ".txt"), ("\n".join(lines) + ("\n" if lines else "")).encode())
+        write_bytes(os.path.join(out, "labels", split, stem + ".txt"),
+                    ("\n".join(lines) + ("\n" if lines else "")).encode())
     yml = os.path.join(out, "data.yaml")
     cfg: dict[str, Any] = {"path": ".", "names": {i: c for i, c in enumerate(ds.classes)}}
     if os.path.exists(yml):
-        old = yaml.safe_load(open(yml, encoding="utf-8")) or {}
+        with open(yml, encoding="utf-8") as fh:
+            old = yaml.safe_load(fh) or {}
         old_names = old.get("names")
         old_list = [old_names[k] for k in sorted(old_names)] if isinstance(old_names, dict) else old_names
         if old_list not in (None, list(ds.classes)):
@@ -194,7 +197,8 @@ WRITERS: dict[str, Callable[..., dict[str, Any]]] = {
 }
 
 
-def convert_dataset(ds: DetectionDataset, fmt: str, out: str, split: str = "train", images: str = "copy") -> dict[str, Any]:
+def convert_dataset(ds: DetectionDataset, fmt: str, out: str, split: str = "train",
+                    images: str = "copy") -> dict[str, Any]:
     """Write ``ds`` in ``fmt`` (``'voc'``, ``'coco'``, ``'csv'`` or ``'yolo'``) under the folder ``out``.
 
     Returns a summary with the paths to give to the matching dataset class / ``data:`` config.

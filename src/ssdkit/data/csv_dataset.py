@@ -181,7 +181,8 @@ class CSVDataset(DetectionDataset):
         raws = self._group(rows, cols, given)
         self._finalize(raws, given)
 
-    def _group(self, rows: list[tuple[int, list[str]]], cols: dict[str, int], classes: list[str] | None) -> list[RawImage]:
+    def _group(self, rows: list[tuple[int, list[str]]], cols: dict[str, int],
+               classes: list[str] | None) -> list[RawImage]:
         src = self.labels_csv
         ncol = max(cols.values()) + 1
         by_image: dict[str, dict[str, Any]] = {}

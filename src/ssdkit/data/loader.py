@@ -148,7 +148,8 @@ class DetectionLoader:
         self._shuffle = shuffle
         self._generator = torch.Generator()
         if sampler is None:
-            sampler = RandomSampler(self._augmented, generator=self._generator) if shuffle else SequentialSampler(self._augmented)
+            sampler = (RandomSampler(self._augmented, generator=self._generator) if shuffle
+                       else SequentialSampler(self._augmented))
         self.sampler = sampler
         kw: dict[str, Any] = {}
         if workers > 0:

@@ -30,8 +30,8 @@ def make_synthetic_voc(
 ) -> dict[str, list[str]]:
     """Write ``n_images`` images with 0..``max_objects`` objects each under ``root`` (VOC layout).
 
-    Class ``k`` is a filled shape of colour ``k``; a fraction ``difficult_rate`` of objects is difficult. ``splits`` maps set names to fractions
-    (default ``{'train': 0.75, 'val': 0.25}``). Returns ``{set name: [ids]}``.
+    Class ``k`` is a filled shape of colour ``k``; a fraction ``difficult_rate`` of objects is difficult.
+    ``splits`` maps set names to fractions (default ``{'train': 0.75, 'val': 0.25}``). Returns ``{set name: [ids]}``.
     """
     import cv2
 
@@ -49,7 +49,8 @@ def make_synthetic_voc(
         ET.SubElement(sz, "depth").text = "3"
         for _ in range(int(rng.integers(0, max_objects + 1))):
             k = int(rng.integers(len(classes)))
-            bw, bh = int(rng.integers(max(4, w // 8), max(5, w // 2))), int(rng.integers(max(4, h // 8), max(5, h // 2)))
+            bw, bh = (int(rng.integers(max(4, w // 8), max(5, w // 2))),
+                      int(rng.integers(max(4, h // 8), max(5, h // 2))))
             x0, y0 = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
             color = tuple(int(c) for c in _COLORS[k % len(_COLORS)])[::-1]  # BGR for OpenCV
             if rng.random() < 0.5:
@@ -70,7 +71,7 @@ def make_synthetic_voc(
     out: dict[str, list[str]] = {}
     start = 0
     for k, (set_name, frac) in enumerate(fractions.items()):
-        end = n_images if k == len(fractions) - 1 else start + int(round(frac * n_images))
+        end = n_images if k == len(fractions) - 1 else start + round(frac * n_images)
         out[set_name] = ids[start:end]
         start = end
     for set_name, members in out.items():

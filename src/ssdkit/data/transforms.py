@@ -239,7 +239,8 @@ def _to_torch(image: np.ndarray, target: Target) -> tuple[torch.Tensor, Target]:
     return img, out
 
 
-def apply_transform(t: Callable[..., Any], image: np.ndarray, target: Target, rng: Any = None) -> tuple[np.ndarray, Target]:
+def apply_transform(t: Callable[..., Any], image: np.ndarray, target: Target,
+                    rng: Any = None) -> tuple[np.ndarray, Target]:
     """Run ``t`` on a numpy pair: ssdkit transforms directly; any other callable (e.g. a
     ``torchvision.transforms.v2`` pipeline) on ``(Tensor[3, H, W], target with tv_tensors.BoundingBoxes)``.
 
@@ -510,7 +511,8 @@ class RandomHue(_RandomValue):
 
 
 class RandomGamma(_RandomValue):
-    """Gamma curve ``255 (x / 255) ** (1 / gamma)`` (truncated to uint8, as Keras), ``gamma`` uniform in ``[lower, upper)``."""
+    """Gamma curve ``255 (x / 255) ** (1 / gamma)`` (truncated to uint8, as Keras), ``gamma`` uniform in
+    ``[lower, upper)``."""
 
     def __init__(self, lower: float = 0.25, upper: float = 2.0, p: float = 0.5) -> None:
         super().__init__(lower, upper, p)
@@ -633,9 +635,9 @@ def _interp(mode: Any) -> int:
 
 def _bg(background: Color) -> tuple[int, int, int]:
     if isinstance(background, (int, float, np.integer, np.floating)):
-        v = int(round(float(background)))
+        v = round(float(background))
         return (v, v, v)
-    vals = tuple(int(round(float(v))) for v in background)
+    vals = tuple(round(float(v)) for v in background)
     if len(vals) != 3:
         raise ValueError(f"background must be one value or an (R, G, B) triple, got {background!r}")
     return vals  # type: ignore[return-value]
@@ -675,7 +677,8 @@ class Resize(Transform):
 
         oh, ow = self.size
         h, w = image.shape[:2]
-        mode = self.interpolation[0] if len(self.interpolation) == 1 else self.interpolation[int(rng.integers(len(self.interpolation)))]
+        mode = (self.interpolation[0] if len(self.interpolation) == 1
+                else self.interpolation[int(rng.integers(len(self.interpolation)))])
         if (h, w) != (oh, ow):
             image = cv2.resize(image, (ow, oh), interpolation=mode)
         sx, sy = ow / w, oh / h
@@ -794,9 +797,9 @@ class PadToAspect(Transform):
     def apply(self, image: np.ndarray, target: Target, rng: np.random.Generator) -> tuple[np.ndarray, Target]:
         h, w = image.shape[:2]
         if w / h < self.aspect:
-            ph, pw = h, int(round(h * self.aspect))
+            ph, pw = h, round(h * self.aspect)
         else:
-            ph, pw = int(round(w / self.aspect)), w
+            ph, pw = round(w / self.aspect), w
         if (ph, pw) == (h, w):
             return image, target
         top, left = (0, 0) if self.position == "top_left" else (-((ph - h) // 2), -((pw - w) // 2))
@@ -847,7 +850,8 @@ class RandomTranslate(_Trials):
 
     def __init__(self, dy_minmax: tuple[float, float] = (0.03, 0.3), dx_minmax: tuple[float, float] = (0.03, 0.3),
                  p: float = 0.5, clip_boxes: bool = True, box_filter: BoxFilter | None = None,
-                 image_validator: ImageValidator | None = None, n_trials: int = 3, background: Color = (0, 0, 0)) -> None:
+                 image_validator: ImageValidator | None = None, n_trials: int = 3,
+                 background: Color = (0, 0, 0)) -> None:
         self.dy_minmax = (float(dy_minmax[0]), float(dy_minmax[1]))
         self.dx_minmax = (float(dx_minmax[0]), float(dx_minmax[1]))
         self.p, self.clip_boxes, self.box_filter = float(p), clip_boxes, box_filter
@@ -856,7 +860,7 @@ class RandomTranslate(_Trials):
     def propose(self, rng: np.random.Generator, h: int, w: int) -> tuple[int, int, int, int]:
         dy = rng.uniform(*self.dy_minmax) * (1 if rng.random() < 0.5 else -1)
         dx = rng.uniform(*self.dx_minmax) * (1 if rng.random() < 0.5 else -1)
-        return int(round(h * dy)), int(round(w * dx)), h, w
+        return round(h * dy), round(w * dx), h, w
 
     def preview(self, boxes: np.ndarray, prop: Any, h: int, w: int) -> tuple[np.ndarray, int, int]:
         ty, tx = prop[:2]
@@ -956,10 +960,12 @@ class RandomExpand(Transform):
     """Zoom out: place the image on a ``background`` canvas ``s`` times larger (``s`` uniform in
     ``[min_scale, max_scale)``, both sides), at a random position; probability ``p`` (Keras ``SSDExpand``)."""
 
-    def __init__(self, min_scale: float = 1.0, max_scale: float = 4.0, p: float = 0.5, background: Color = (123, 117, 104)) -> None:
+    def __init__(self, min_scale: float = 1.0, max_scale: float = 4.0, p: float = 0.5,
+                 background: Color = (123, 117, 104)) -> None:
         if not 1.0 <= min_scale < max_scale:
             raise ValueError("need 1 <= min_scale < max_scale")
-        self.min_scale, self.max_scale, self.p, self.background = float(min_scale), float(max_scale), float(p), _bg(background)
+        self.min_scale, self.max_scale, self.p, self.background = (
+            float(min_scale), float(max_scale), float(p), _bg(background))
 
     def apply(self, image: np.ndarray, target: Target, rng: np.random.Generator) -> tuple[np.ndarray, Target]:
         if rng.random() >= self.p:
@@ -1053,7 +1059,8 @@ class RandomPatch(_Trials):
             if self.scale_uniformly:
                 f = rng.uniform(self.min_scale, self.max_scale)
                 return int(f * h), int(f * w)
-            return int(rng.uniform(self.min_scale, self.max_scale) * h), int(rng.uniform(self.min_scale, self.max_scale) * w)
+            return (int(rng.uniform(self.min_scale, self.max_scale) * h),
+                    int(rng.uniform(self.min_scale, self.max_scale) * w))
         if self.must_match == "h_ar":
             ph = int(rng.uniform(self.min_scale, self.max_scale) * h)
             return ph, int(ph * rng.uniform(self.min_aspect_ratio, self.max_aspect_ratio))

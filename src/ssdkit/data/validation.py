@@ -83,10 +83,11 @@ def _parallel(fn: Any, items: list[Any], desc: str) -> list[Any]:
 
 def check_images(
     raws: list[RawImage], level: str, policy: Policy, report: ValidationReport
-) -> list[ImageInfo | None | bool]:
-    """Per image: an :class:`ImageInfo` (header/decode), ``None`` (not checked / exists), or ``False`` (bad; reported)."""
+) -> list[ImageInfo | bool | None]:
+    """Per image: an :class:`ImageInfo` (header/decode), ``None`` (not checked / exists),
+    or ``False`` (bad; reported)."""
     action = "error" if policy.bad_image == "error" else "dropped image"
-    out: list[ImageInfo | None | bool] = [None] * len(raws)
+    out: list[ImageInfo | bool | None] = [None] * len(raws)
     if level == "none" or not raws:
         return out
     if level == "exists":
@@ -275,7 +276,7 @@ def _validate_boxes(
         lab = cmap.get(nm)
         if lab is None:
             act = "error" if policy.unknown_class == "error" else "removed"
-            shown = classes if len(classes) <= 30 else classes[:30] + ["..."]
+            shown = classes if len(classes) <= 30 else [*classes[:30], "..."]
             report.add("unknown_class", r.source, r.ref(j),
                        f"class {nm!r} is not one of the classes {shown}; add it to data.classes or set "
                        "data.policy.unknown_class=skip", act)

@@ -158,7 +158,8 @@ class VOCDataset(DetectionDataset):
         self._finalize(raws, all_classes, notes)
 
     # ------------------------------------------------------------------ parsing
-    def _resolve_ids(self, image_set: str | Sequence[str] | None, ids: Sequence[str] | None, sets_dir: str) -> list[str]:
+    def _resolve_ids(self, image_set: str | Sequence[str] | None, ids: Sequence[str] | None,
+                     sets_dir: str) -> list[str]:
         if ids is not None and image_set is not None:
             raise ConfigError("give either image_set or ids, not both")
         if ids is not None:

@@ -109,7 +109,8 @@ class YOLODataset(DetectionDataset):
             raise ConfigError(f"data.classes {given} differ from the names in {data_yaml} ({names})")
         spec = cfg.get(split)
         if spec in (None, "", []):
-            raise DataError(f"{data_yaml}: no {split!r} entry (the YAML has {sorted(k for k in cfg if k in ('train', 'val', 'test'))})")
+            raise DataError(f"{data_yaml}: no {split!r} entry "
+                            f"(the YAML has {sorted(k for k in cfg if k in ('train', 'val', 'test'))})")
         images = self._image_list(spec if isinstance(spec, list) else [spec])
         raws: list[RawImage] = []
         notes: list[tuple[str, str, str | None, str, str]] = []

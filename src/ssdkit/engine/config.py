@@ -272,11 +272,11 @@ def validate_config(cfg: Mapping[str, Any], source: str | None = None) -> dict[s
         if not out["model"].get("name"):
             raise ConfigError("model.name: required (see `ssdkit models` for the choices)")
         sched = out["schedule"]
-        if sched["name"] == "multistep" and sched["by"] == "epoch" and sched["milestones"]:
-            if max(sched["milestones"]) > out["train"]["epochs"]:
-                raise ConfigError(
-                    f"schedule.milestones: {sched['milestones']} go beyond train.epochs={out['train']['epochs']}"
-                )
+        if (sched["name"] == "multistep" and sched["by"] == "epoch" and sched["milestones"]
+                and max(sched["milestones"]) > out["train"]["epochs"]):
+            raise ConfigError(
+                f"schedule.milestones: {sched['milestones']} go beyond train.epochs={out['train']['epochs']}"
+            )
         amp = out["train"]["amp"]
         if isinstance(amp, str) and amp not in ("bf16", "fp16"):
             raise ConfigError(f"train.amp: must be true, false, 'bf16' or 'fp16', got {amp!r}")

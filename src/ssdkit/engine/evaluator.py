@@ -27,7 +27,7 @@ from torch import Tensor
 
 from .distributed import DistInfo, all_reduce_sum, broadcast_object, gather_objects
 
-__all__ = ["evaluate", "EvalOutput", "Sample", "METRICS", "make_eval_loader"]
+__all__ = ["evaluate", "EvalOutput", "Sample", "METRICS", "make_eval_loader", "compute_metric"]
 
 log = logging.getLogger("ssdkit.engine")
 
@@ -105,6 +105,17 @@ def _make_evaluator(metric: str, class_names: list[str], iou_threshold: float) -
     from ..eval import VOCEvaluator
 
     return VOCEvaluator(class_names, iou_threshold=iou_threshold, metric=metric)  # type: ignore[arg-type]
+
+
+def compute_metric(metric: str, detections: list[Tensor], targets: list[dict[str, Any]], class_names: list[str],
+                   iou_threshold: float = 0.5) -> Any:
+    """Another metric from the detections and targets an :func:`evaluate` run kept (original pixels):
+    one inference pass serves VOC07, VOC10 and COCO. Returns the ``VOCResult`` / ``COCOResult``."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {list(METRICS)}, got {metric!r}")
+    ev = _make_evaluator(metric, class_names, iou_threshold)
+    ev.update(detections, targets)
+    return ev.compute()
 
 
 def _to_original(boxes: Tensor, inverse: Tensor, orig_hw: Tensor) -> Tensor:

@@ -614,7 +614,8 @@ class Trainer:
             "batch_size": self.cfg["train"]["batch_size"],
             # the data order and augmentation are functions of (seed, epoch, sample index): this is their state
             "data_rng": {"seed": self.cfg["train"]["seed"], "epoch": self.epoch,
-                         "samples_consumed": self.iter_in_epoch * self.cfg["train"]["batch_size"] * self.dist.world_size},
+                         "samples_consumed": (self.iter_in_epoch * self.cfg["train"]["batch_size"]
+                                              * self.dist.world_size)},
             "versions": {"ssdkit": _version(), "torch": torch.__version__},
         }
 
@@ -730,7 +731,8 @@ class Trainer:
         last = self.run_dir / "last.pt"
         where = (f"the last good checkpoint is {last}" if last.is_file()
                  else "no checkpoint was written yet")
-        msg = (f"non-finite loss ({what}: loss={vals[0]}, cls_loss={vals[1]}, box_loss={vals[2]}) at epoch {epoch + 1}, "
+        msg = (f"non-finite loss ({what}: loss={vals[0]}, cls_loss={vals[1]}, box_loss={vals[2]}) "
+               f"at epoch {epoch + 1}, "
                f"iteration {self.iteration + 1} (batch {batch_index + 1} of the epoch); {where}. Lower optimizer.lr, "
                "set train.grad_clip or a warm-up (schedule.warmup_iters), or check the data")
         if self.cfg["train"]["stop_on_nan"]:

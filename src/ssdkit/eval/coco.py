@@ -290,9 +290,8 @@ class COCOEvaluator:
                 raise ValueError(f"image_id_map has no entry for image id {exc.args[0]!r}") from None
         elif self._annotations is not None:
             out = self._match_annotation_images(ids)
-        elif all(isinstance(i, int) for i in ids):
-            out = {i: int(i) for i in ids}
-        elif all(isinstance(i, str) and i.isdigit() for i in ids) and len({int(i) for i in ids}) == len(ids):
+        elif (all(isinstance(i, int) for i in ids)
+              or (all(isinstance(i, str) and i.isdigit() for i in ids) and len({int(i) for i in ids}) == len(ids))):
             out = {i: int(i) for i in ids}
         else:
             out = {i: k + 1 for k, i in enumerate(ids)}

@@ -4,7 +4,8 @@ Each built-in architecture is a :class:`ModelSpec` row: defaults for the input s
 variances and input normalisation, the family options it accepts, and the module that builds its
 backbone. Family modules are imported only when a model is built, so listing models is cheap.
 
-A family module provides (and optionally ``resolve_options(name, options, backbone_weights) -> options``)::
+A family module provides (and optionally ``resolve_options(name, options, backbone_weights) -> options``
+and ``anchor_defaults(name, options, anchor_kwargs, given) -> anchor_kwargs``)::
 
     make_backbone(name: str, **options) -> BackboneParts
     load_pretrained(parts: BackboneParts, weights: str, name: str, **options) -> dict | None
@@ -129,8 +130,9 @@ MODEL_SPECS: dict[str, ModelSpec] = {
             {**_preset("ssd300_voc"), "steps": None, "offsets": None},  # maps 18, 9, ...: grid steps
             options={"head_kernel": 3, "width": 1.0}, **_HALF_RANGE,
         ),
-        _ssdlite("ssdlite320_mobilenet_v2", "MobileNetV2", {"width": 1.0}),
-        _ssdlite("ssdlite320_mobilenet_v3_large", "MobileNetV3-Large", {"width": 1.0, "reduced_tail": None}),
+        _ssdlite("ssdlite320_mobilenet_v2", "MobileNetV2", {"width": 1.0, "stride8": False}),
+        _ssdlite("ssdlite320_mobilenet_v3_large", "MobileNetV3-Large",
+                 {"width": 1.0, "reduced_tail": None, "stride8": False}),
         ModelSpec(
             "toy_ssd", "ssdkit.models.toy",
             "toy SSD: BN conv blocks, 3 predictor layers at strides 4, 8, 16 (MNIST-style tutorials)", (128, 128),
@@ -254,9 +256,16 @@ def _build_model(
     if min(size) < 1:
         raise ConfigError(f"image_size must be positive, got {size}")
     options = {k: overrides.pop(k, v) for k, v in spec.options.items()}
-    anchor_kw = _anchor_kwargs(spec, size, {k: overrides.pop(k) for k in ANCHOR_KEYS if k in overrides})
+    given_anchors = {k: overrides.pop(k) for k in ANCHOR_KEYS if k in overrides}
+    for k in _NULL_IS_DEFAULT:  # ``scales: null`` in a config = the model's own default, not "none"
+        if k in given_anchors and given_anchors[k] is None:
+            del given_anchors[k]
+    anchor_kw = _anchor_kwargs(spec, size, given_anchors)
 
     family = importlib.import_module(spec.module)
+    anchor_defaults = getattr(family, "anchor_defaults", None)
+    if anchor_defaults is not None:  # defaults that depend on the family's options (e.g. an extra layer)
+        anchor_kw = anchor_defaults(name, options, anchor_kw, given_anchors)
     resolve = getattr(family, "resolve_options", None)
     if resolve is not None:  # options whose default depends on the weights (stored resolved in config)
         options = resolve(name, options, backbone_weights)
@@ -319,6 +328,11 @@ def _build_model(
 
 def size_str(size: Sequence[int]) -> str:
     return "x".join(str(s) for s in size)
+
+
+#: anchor keys for which an explicit ``None`` means "the model's default" (a resolved config always
+#: stores them as lists, so rebuilding from ``model.config`` is unaffected)
+_NULL_IS_DEFAULT = ("scales", "aspect_ratios")
 
 
 def _anchor_kwargs(spec: ModelSpec, size: tuple[int, int], given: dict[str, Any]) -> dict[str, Any]:

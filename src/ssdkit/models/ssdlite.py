@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from .registry import BackboneParts
 
-__all__ = ["MobileNetSSDLiteBackbone", "load_pretrained", "make_backbone"]
+__all__ = ["MobileNetSSDLiteBackbone", "anchor_defaults", "load_pretrained", "make_backbone"]
 
 _EXTRA_WIDTHS = (512, 256, 256, 128)
 
@@ -52,33 +52,49 @@ def _extra_block(cin: int, cout: int, norm_layer: Any) -> nn.Sequential:
 class MobileNetSSDLiteBackbone(nn.Module):
     """torchvision MobileNet ``features`` split at the C4 expansion, plus SSDLite extra blocks.
 
-    ``forward(x [B, 3, H, W]) -> [c4_expansion, c5, extra1, ..., extra4]``.
+    ``forward(x [B, 3, H, W]) -> [c4_expansion, c5, extra1, ..., extra4]``; with ``stride8=True`` the
+    C3 block's expansion (stride 8: 192 channels on MobileNetV2, 240 on V3-Large) comes first, an extra
+    predictor map for objects too small for the stride-16 grid (e.g. BCCD platelets at ~25 px).
     """
 
-    def __init__(self, features: nn.Sequential, width: float = 1.0, min_depth: int = 16) -> None:
+    def __init__(self, features: nn.Sequential, width: float = 1.0, min_depth: int = 16,
+                 stride8: bool = False) -> None:
         super().__init__()
-        # C4 = the last block that downsamples (stride 16 -> 32); it has no residual connection
+        # C4 = the last block that downsamples (stride 16 -> 32), C3 the one before (8 -> 16); neither
+        # has a residual connection, so each can be cut right after its 1x1 expansion
         strided = [i for i, b in enumerate(features) if getattr(b, "_is_cn", False)]
-        c4 = strided[-1]
-        block = features[c4]
-        inner = block.conv if hasattr(block, "conv") else block.block  # MobileNetV2 / V3 naming
-        if getattr(block, "use_res_connect", False):
-            raise ValueError("the C4 block of this backbone has a residual connection; cannot split it")
-        self.stage1 = nn.Sequential(*features[:c4], inner[0])  # up to the C4 1x1 expansion (stride 16)
-        self.stage2 = nn.Sequential(inner[1:], *features[c4 + 1 :])  # C4 depthwise .. end (stride 32)
+        c3, c4 = strided[-2], strided[-1]
+        inner4, inner3 = _inner(features[c4]), _inner(features[c3])
+        if stride8:
+            self.stage0 = nn.Sequential(*features[:c3], inner3[0])  # up to the C3 expansion (stride 8)
+            self.stage1 = nn.Sequential(inner3[1:], *features[c3 + 1 : c4], inner4[0])
+        else:
+            self.stage1 = nn.Sequential(*features[:c4], inner4[0])  # up to the C4 1x1 expansion (stride 16)
+        self.stage2 = nn.Sequential(inner4[1:], *features[c4 + 1 :])  # C4 depthwise .. end (stride 32)
+        self.stride8 = stride8
         c5 = _out_channels(features[-1])
         norm = partial(nn.BatchNorm2d, eps=1e-3, momentum=0.03)
         depths = [max(min_depth, int(d * width)) for d in _EXTRA_WIDTHS]
         self.extras = nn.ModuleList(_extra_block(cin, cout, norm) for cin, cout in zip([c5, *depths[:-1]], depths))
 
     def forward(self, x: Tensor) -> list[Tensor]:
+        out: list[Tensor] = []
+        if self.stride8:
+            x = self.stage0(x)
+            out.append(x)
         c4 = self.stage1(x)
         x = self.stage2(c4)
-        out = [c4, x]
+        out += [c4, x]
         for block in self.extras:
             x = block(x)
             out.append(x)
         return out
+
+
+def _inner(block: nn.Module) -> nn.Sequential:
+    if getattr(block, "use_res_connect", False):
+        raise ValueError("a strided block of this backbone has a residual connection; cannot split it")
+    return block.conv if hasattr(block, "conv") else block.block  # MobileNetV2 / V3 naming
 
 
 def _out_channels(module: nn.Module) -> int:
@@ -93,13 +109,23 @@ def resolve_options(name: str, options: dict[str, Any], backbone_weights: str | 
     return options
 
 
-def make_backbone(name: str, width: float = 1.0, reduced_tail: bool = False) -> BackboneParts:
+def anchor_defaults(name: str, options: dict[str, Any], anchors: dict[str, Any],
+                    given: dict[str, Any]) -> dict[str, Any]:
+    """With ``stride8`` and no scales given, the stride-8 layer gets scale 0.1 ahead of the defaults."""
+    if options.get("stride8") and not {"scales", "min_scale", "max_scale"} & set(given):
+        anchors = {**anchors, "scales": [0.1, *anchors["scales"]]}
+    return anchors
+
+
+def make_backbone(name: str, width: float = 1.0, reduced_tail: bool = False, stride8: bool = False) -> BackboneParts:
     from torchvision.models import mobilenet_v2, mobilenet_v3_large
 
     if not isinstance(width, int | float) or not 0 < float(width) <= 4:
         raise ConfigError(f"{name}: width must be in (0, 4], got {width!r}")
     if not isinstance(reduced_tail, bool):
         raise ConfigError(f"{name}: reduced_tail must be true or false, got {reduced_tail!r}")
+    if not isinstance(stride8, bool):
+        raise ConfigError(f"{name}: stride8 must be true or false, got {stride8!r}")
     if name.endswith("v2"):
         if reduced_tail:
             raise ConfigError(f"{name}: reduced_tail applies to MobileNetV3 only")
@@ -107,7 +133,7 @@ def make_backbone(name: str, width: float = 1.0, reduced_tail: bool = False) -> 
     else:
         norm = partial(nn.BatchNorm2d, eps=1e-3, momentum=0.03)
         tv = mobilenet_v3_large(weights=None, width_mult=float(width), reduced_tail=reduced_tail, norm_layer=norm)
-    backbone = MobileNetSSDLiteBackbone(tv.features, float(width))
+    backbone = MobileNetSSDLiteBackbone(tv.features, float(width), stride8=stride8)
     # torchvision's SSDLite init: every conv N(0, 0.03) when no ImageNet weights are loaded
     return BackboneParts(backbone, head="separable", backbone_init="normal", head_init="normal",
                          handles={"features": tv.features})
