@@ -316,6 +316,10 @@ class VOCResult:
         """Names usable with ``result[name]``."""
         return [f.name for f in dataclasses.fields(self)]
 
+    def __contains__(self, key: object) -> bool:
+        """``'map' in result``: the names of :meth:`keys` and the alias ``'mAP'``."""
+        return key == "mAP" or key in self.keys()
+
     @property
     def ap_by_class(self) -> dict[str, float]:
         """``{class name: AP}``."""
