@@ -40,7 +40,8 @@ def test_summary_table(result) -> None:
     assert lines[4].split()[-2:] == ["-", "-"]  # bird: no gt, AP undefined
     assert lines[5].startswith("mAP (voc07, IoU 0.5)") and "0.5000" in lines[5]
     assert "excluded from mAP" in lines[-1]
-    assert result["mAP"] == result["map"] == result.map == 0.5 and "ap" in result and "mAP" in result and "nope" not in result
+    assert result["mAP"] == result["map"] == result.map == 0.5
+    assert "ap" in result and "mAP" in result and "nope" not in result
 
 
 def test_metrics_json_is_strict_and_atomic(tmp_path: Path, result) -> None:
