@@ -112,6 +112,7 @@ def test_evaluate_writes_metrics_table_and_plots(trained: dict[str, Path], tmp_p
     assert set(m_all["metrics"]) == {"voc07", "voc10", "coco"} and m_all["metrics"]["voc07"] == m["map"]
     assert set(m_all["metrics"]["coco"]) >= {"AP", "AP50"} and set(m_all["per_class_ap"]["voc10"]) == {
         "red", "green", "blue"}
+    assert set(m_all["per_class_ap"]["coco"]) == {"red", "green", "blue"}
     assert "mAP (voc10)" in text and "COCO AP@[.5:.95]" in text
     with pytest.raises(SystemExit) as exc:  # argparse's usage error: exit status 2, one line
         main(["evaluate", str(trained["run"] / "best.pt"), "--metric", "voc07,map50"])

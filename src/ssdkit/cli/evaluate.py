@@ -142,8 +142,7 @@ def run(args: argparse.Namespace) -> int:
     extra = {m: compute_metric(m, out.detections, out.targets, out.class_names, iou) for m in metrics[1:]}
     if extra:
         summary["metrics"] = {metric: out.map, **{m: _headline(r) for m, r in extra.items()}}
-        summary["per_class_ap"] = {m: r.ap_by_class if m != "coco" else dict(zip(out.class_names, r.ap.tolist()))
-                                   for m, r in {metric: out.result, **extra}.items()}
+        summary["per_class_ap"] = {m: r.ap_by_class for m, r in {metric: out.result, **extra}.items()}
     write_json(out_dir / "metrics.json", summary)
     out.result.plot_pr(out_dir / "pr_curves.png")
     if out.samples:

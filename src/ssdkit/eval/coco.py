@@ -137,6 +137,11 @@ class COCOResult:
         """COCO's headline AP@[.5:.95] (``stats['AP']``)."""
         return self.stats["AP"]
 
+    @property
+    def ap_by_class(self) -> dict[str, float]:
+        """``{class name: AP@[.5:.95]}`` (NaN for classes without non-crowd gt), as ``VOCResult``'s."""
+        return dict(zip(self.class_names, self.ap.tolist(), strict=True))
+
     def __getitem__(self, key: str) -> Any:
         """``result['AP50']`` (a stat) or any attribute (``result['ap']``)."""
         if key in self.stats:

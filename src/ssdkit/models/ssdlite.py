@@ -64,8 +64,9 @@ class MobileNetSSDLiteBackbone(nn.Module):
         # has a residual connection, so each can be cut right after its 1x1 expansion
         strided = [i for i, b in enumerate(features) if getattr(b, "_is_cn", False)]
         c3, c4 = strided[-2], strided[-1]
-        inner4, inner3 = _inner(features[c4]), _inner(features[c3])
+        inner4 = _inner(features[c4])
         if stride8:
+            inner3 = _inner(features[c3])
             self.stage0 = nn.Sequential(*features[:c3], inner3[0])  # up to the C3 expansion (stride 8)
             self.stage1 = nn.Sequential(inner3[1:], *features[c3 + 1 : c4], inner4[0])
         else:
