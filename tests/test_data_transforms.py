@@ -233,6 +233,43 @@ def test_tensor_in_tensor_out_and_torchvision_transforms() -> None:
     np.testing.assert_allclose(t2["boxes"], [[15, 1, 29.5, 10]], atol=1e-4)
 
 
+def test_ssd_augmentation_knobs_build_the_chain_they_name() -> None:
+    """Defaults = the original chain; expand_p=0 drops the zoom-out, vflip/rotate90 add their ops."""
+    names = [type(op).__name__ for op in ssd_augmentation(64).transforms]
+    assert names == ["PhotometricDistort", "RandomExpand", "SSDRandomCrop", "RandomFlip", "Resize"]
+    chain = ssd_augmentation(64, expand_p=0.0, crop_p=0.5, crop_min_scale=0.5, flip=0.25, vflip=0.5, rotate90=0.3)
+    ops = chain.transforms
+    assert [type(op).__name__ for op in ops] == ["PhotometricDistort", "RandomRotate", "SSDRandomCrop", "RandomFlip",
+                                                 "RandomFlip", "Resize"]
+    assert (ops[1].p, ops[2].p, ops[2].min_scale) == (0.3, 0.5, 0.5)
+    assert (ops[3].p, ops[3].direction, ops[4].p, ops[4].direction) == (0.25, "horizontal", 0.5, "vertical")
+    expand = ssd_augmentation(64, expand_max=1.5, expand_p=1.0).transforms[1]
+    assert (expand.max_scale, expand.p) == (1.5, 1.0)
+    # vflip=1 on a slide: the only box mirrors vertically (no crop, no zoom, no horizontal flip)
+    img = np.zeros((40, 40, 3), np.uint8)
+    tgt = {"boxes": np.array([[4, 2, 20, 10]], np.float32), "labels": np.array([1]), "difficult": np.array([False])}
+    only_v = ssd_augmentation(40, expand_p=0.0, crop_p=0.0, flip=0.0, vflip=1.0)
+    _, out = only_v(img, tgt, rng=np.random.default_rng(0))
+    np.testing.assert_allclose(out["boxes"], [[4, 30, 20, 38]], atol=1e-4)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"vflip": 1.5}, r"vflip is a probability in \[0, 1\], got 1\.5"),
+    ({"crop_p": -0.1}, r"crop_p is a probability"),
+    ({"expand_max": 1.0}, r"expand_max must be > 1"),
+    ({"crop_min_scale": 0.0}, r"crop_min_scale must be in \(0, 1\]"),
+])
+def test_ssd_augmentation_rejects_bad_knobs(kwargs: dict, match: str) -> None:
+    from ssdkit.data import build_augmentation
+    from ssdkit.errors import ConfigError
+
+    with pytest.raises(ValueError, match=match):
+        ssd_augmentation(64, **kwargs)
+    key = next(iter(kwargs))
+    with pytest.raises(ConfigError, match=r"^augment: invalid value for chain 'ssd': " + match):
+        build_augmentation({"chain": "ssd", key: kwargs[key]}, 64)
+
+
 def test_bad_arguments_raise() -> None:
     with pytest.raises(ValueError):
         T.Resize(10, "bogus")

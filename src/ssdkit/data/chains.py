@@ -78,6 +78,14 @@ def ssd_augmentation(
     a canonical orientation (microscopy, aerial) ``vflip`` (vertical flip probability) and ``rotate90``
     (probability of a 90/180/270 degree rotation, before the crop so the patch aspect stays random).
     """
+    for key, p in (("expand_p", expand_p), ("crop_p", crop_p), ("flip", flip), ("vflip", vflip),
+                   ("rotate90", rotate90)):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"{key} is a probability in [0, 1], got {p!r}")
+    if expand_p > 0 and not expand_max > 1.0:
+        raise ValueError(f"expand_max must be > 1 (the zoom-out factor; expand_p=0 turns it off), got {expand_max!r}")
+    if not 0.0 < crop_min_scale <= 1.0:
+        raise ValueError(f"crop_min_scale must be in (0, 1], got {crop_min_scale!r}")
     ops: list[Transform] = [
         PhotometricDistort((-32, 32, 0.5), (0.5, 1.5, 0.5), (0.5, 1.5, 0.5), (18, 0.5), 0.0, "random"),
     ]
