@@ -155,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="1-minute budget (smoke run)")
     ap.add_argument("overrides", nargs="*", help="config overrides, e.g. data.root=/data/bccd")
     args = ap.parse_args(argv)
+    if args.ssdkit and not Path(args.ssdkit).is_file():  # before the baseline's budget is spent, not after
+        ap.error(f"--ssdkit: checkpoint not found: {args.ssdkit}")
     if args.quick:
         args.budget_min = 1.0
 
