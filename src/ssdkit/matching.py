@@ -34,11 +34,31 @@ import torch
 from torch import Tensor
 
 from .anchors import AnchorGenerator, SizeLike, _pair
-from .boxes import DEFAULT_VARIANCES, encode
+from .boxes import DEFAULT_VARIANCES
 
 __all__ = ["SSDTargetEncoder", "validate_targets"]
 
 _BIG = torch.iinfo(torch.int64).max
+
+
+def _np(t: Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+def _on(a: np.ndarray, device: torch.device) -> Tensor:
+    return torch.from_numpy(a).to(device)
+
+
+def _box_fields(cxcywh: np.ndarray) -> np.ndarray:
+    """``[M, 4]`` float64 ``(cx, cy, w, h)`` -> ``[5, M]`` ``(x1, y1, x2, y2, area)``, field-major.
+
+    Corners from centroids exactly as the reference computes them before its IoU.
+    """
+    cx, cy, w, h = cxcywh.T
+    f = np.empty((5, cxcywh.shape[0]), dtype=np.float64)
+    f[0], f[1], f[2], f[3] = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+    f[4] = (f[2] - f[0]) * (f[3] - f[1])
+    return f
 
 
 def validate_targets(
@@ -128,19 +148,21 @@ def validate_targets(
 class _Groups:
     """Anchors grouped by size; each group is a regular grid of centres (or a single dense row).
 
+    numpy arrays: the window geometry runs on the CPU whatever the anchors' device (it is a few
+    thousand small-array operations, where numpy's per-call cost is a fraction of torch's).
     Pair fields hold ``(x, y)`` in their last dimension.
     """
 
-    origin: Tensor  # [Q, 2] float64 centre of cell (0, 0)
-    step: Tensor  # [Q, 2] cell spacing (1.0 along an axis with one cell)
-    last: Tensor  # [Q, 2] float64 index of the last column / row
-    ncols: Tensor  # [Q] int64 columns in the table of the group
-    max_wh: Tensor  # [Q, 2] float64 largest width / height in the group
-    min_area: Tensor  # [Q] float64
-    dense: Tensor  # [Q] bool: not a grid, always take every member
+    origin: np.ndarray  # [Q, 2] float64 centre of cell (0, 0)
+    step: np.ndarray  # [Q, 2] cell spacing (1.0 along an axis with one cell)
+    last: np.ndarray  # [Q, 2] float64 index of the last column / row
+    ncols: np.ndarray  # [Q] int64 columns in the table of the group
+    max_wh: np.ndarray  # [Q, 2] float64 largest width / height in the group
+    min_area: np.ndarray  # [Q] float64
+    dense: np.ndarray  # [Q] bool: not a grid, always take every member
     any_dense: bool
-    offset: Tensor  # [Q] int64 start of the group's table in `table`
-    table: Tensor  # [sum ny*nx] int64 anchor indices, row-major per group
+    offset: np.ndarray  # [Q] int64 start of the group's table in `table`
+    table: np.ndarray  # [sum ny*nx] int64 anchor indices, row-major per group
 
 
 def _build_groups(cxcywh: np.ndarray, force_dense: bool) -> _Groups:
@@ -193,16 +215,17 @@ def _build_groups(cxcywh: np.ndarray, force_dense: bool) -> _Groups:
         offset += len(table)
         tables.append(table)
 
-    def f64(*keys: str) -> Tensor:
-        return torch.tensor([fields[k] for k in keys], dtype=torch.float64).T.contiguous().squeeze(-1)
+    def f64(*keys: str) -> np.ndarray:
+        arr = np.array([fields[k] for k in keys], dtype=np.float64).T.copy()  # [Q, len(keys)]
+        return arr[:, 0].copy() if len(keys) == 1 else arr
 
-    dense = torch.tensor(fields["dense"], dtype=torch.bool)
+    dense = np.array(fields["dense"], dtype=bool)
     return _Groups(
         origin=f64("x0", "y0"), step=f64("dx", "dy"),
-        last=torch.tensor([fields["nx"], fields["ny"]], dtype=torch.float64).T.contiguous() - 1,
-        ncols=torch.tensor(fields["nx"], dtype=torch.int64), max_wh=f64("mw", "mh"), min_area=f64("ma"),
-        dense=dense, any_dense=bool(dense.any()), offset=torch.tensor(fields["off"], dtype=torch.int64),
-        table=torch.from_numpy(np.concatenate(tables) if tables else np.zeros(0, dtype=np.int64)),
+        last=np.array([fields["nx"], fields["ny"]], dtype=np.float64).T.copy() - 1,
+        ncols=np.array(fields["nx"], dtype=np.int64), max_wh=f64("mw", "mh"), min_area=f64("ma"),
+        dense=dense, any_dense=bool(dense.any()), offset=np.array(fields["off"], dtype=np.int64),
+        table=np.concatenate(tables) if tables else np.zeros(0, dtype=np.int64),
     )
 
 
@@ -278,22 +301,17 @@ class SSDTargetEncoder:
 
         self.device = a64.device
         self.anchors64 = a64
+        self._anchors_np = a64.cpu().numpy()
         self.num_anchors = a64.shape[0]
-        cx, cy, w, h = a64.unbind(-1)
-        # Corners exactly as the reference computes them from centroids, so IoU values are bit-identical.
-        self._corners = torch.stack((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), dim=-1)
-        c = self._corners
-        self._area = (c[:, 2] - c[:, 0]) * (c[:, 3] - c[:, 1])
-        self._corners_area = torch.cat((c, self._area[:, None]), dim=1)
+        # Corners exactly as the reference computes them from centroids, so IoU values are bit-identical;
+        # field-major [5, N] (x1, y1, x2, y2, area) so each field gathers contiguously.
+        self._anchor_fields = _box_fields(a64.cpu().numpy())
         # The smallest IoU that can change a label; pairs below it only matter for leftover bipartite rows.
         t = min(self.pos_iou_threshold, self.neg_iou_limit) if matching == "multi" else self.neg_iou_limit
         self._t = t
         dense = algorithm == "dense" or t <= 0.0
         self._dense = dense
-        g = _build_groups(a64.cpu().numpy(), force_dense=dense)
-        self._groups = _Groups(
-            **{k: (val.to(self.device) if isinstance(val, Tensor) else val) for k, val in g.__dict__.items()}
-        )
+        self._groups = _build_groups(a64.cpu().numpy(), force_dense=dense)
 
     # ------------------------------------------------------------------ public API
     @property
@@ -332,176 +350,190 @@ class SSDTargetEncoder:
         self.__dict__.update(state)
         self._tls = threading.local()
 
-    def _scratch(self, size: int) -> Tensor:
+    def _scratch(self, size: int) -> np.ndarray:
         # A fresh multi-MB buffer per call costs more in page faults than the whole matching; keep one
         # per thread (DataLoader workers are processes and get their own).
         buf = getattr(self._tls, "buf", None)
-        if buf is None or buf.numel() < size:
-            buf = torch.empty(size, dtype=torch.int64, device=self.device)
+        if buf is None or buf.size < size:
+            buf = np.empty(size, dtype=np.int64)
             self._tls.buf = buf
         return buf[:size]
 
     def _encode(
         self, boxes: Sequence[Any], labels: Sequence[Any], want_matches: bool
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        gb, gl, counts, removed = validate_targets(boxes, labels, self.n_classes, self.degenerate, self.device)
+        gb_t, gl, counts_t, removed = validate_targets(boxes, labels, self.n_classes, self.degenerate, self.device)
         self.n_removed += removed
-        bsz = counts.numel()
+        bsz = counts_t.numel()
         n = self.num_anchors
         dev = self.device
-        labels_out = torch.zeros((bsz, n), dtype=torch.int64, device=dev)
-        targets = torch.zeros((bsz, n, 4), dtype=torch.float32, device=dev)
-        n_gt = gb.shape[0]
+        # outputs are built in numpy (np.zeros maps zero pages instead of writing 5 MB) and moved once
+        labels_np = np.zeros(bsz * n, dtype=np.int64)
+        targets_np = np.zeros((bsz * n, 4), dtype=np.float32)
+        n_gt = gb_t.shape[0]
         if n_gt == 0:
             matched = torch.full((bsz, n), -1, dtype=torch.int64, device=dev) if want_matches else None
-            return labels_out, targets, matched
+            return _on(labels_np.reshape(bsz, n), dev), _on(targets_np.reshape(bsz, n, 4), dev), matched
 
-        img = torch.repeat_interleave(torch.arange(bsz, device=dev), counts)
-        gidx = torch.arange(n_gt, device=dev) - (torch.cumsum(counts, 0) - counts)[img]
+        # The matching itself is sparse bookkeeping on ~100 pairs per box: it runs in numpy on the CPU
+        # (a fraction of torch's per-call cost at these sizes) and only the dense outputs are written
+        # on the anchors' device.
+        counts = _np(counts_t)
+        gb = _np(gb_t)
+        img = np.repeat(np.arange(bsz, dtype=np.int64), counts)
+        gidx = np.arange(n_gt, dtype=np.int64) - (np.cumsum(counts) - counts)[img]
         if self.normalize_coords:
             h, w = self.image_size
-            gb = gb / torch.tensor([w, h, w, h], dtype=torch.float64, device=dev)
+            gb = gb / np.array([w, h, w, h], dtype=np.float64)
         # corners -> centroids -> corners, as the reference does before its IoU
-        cent = torch.stack(
+        cent = np.stack(
             ((gb[:, 0] + gb[:, 2]) / 2, (gb[:, 1] + gb[:, 3]) / 2, gb[:, 2] - gb[:, 0], gb[:, 3] - gb[:, 1]), -1
         )
-        gcorn = torch.stack(
-            (cent[:, 0] - cent[:, 2] / 2, cent[:, 1] - cent[:, 3] / 2,
-             cent[:, 0] + cent[:, 2] / 2, cent[:, 1] + cent[:, 3] / 2), -1
-        )
-        garea = (gcorn[:, 2] - gcorn[:, 0]) * (gcorn[:, 3] - gcorn[:, 1])
+        gf = _box_fields(cent)
 
         # ---- greedy bipartite matching on windowed pairs, by decreasing IoU levels
-        gt_match = torch.full((n_gt,), -1, dtype=torch.int64, device=dev)  # anchor per gt
-        used = torch.zeros(bsz * n, dtype=torch.bool, device=dev)
+        gt_match = np.full(n_gt, -1, dtype=np.int64)  # anchor per gt
+        used = np.zeros(bsz * n, dtype=bool)
         scratch = self._scratch(bsz * n)
-        everyone = torch.arange(n_gt, device=dev)
-        pm, pa, pv, _ = self._candidate_pairs(
-            cent, gcorn, garea, everyone, torch.full((n_gt,), self._t, dtype=torch.float64, device=dev)
-        )
+        everyone = np.arange(n_gt, dtype=np.int64)
+        pm, pa, pv, _ = self._candidate_pairs(cent, gf, everyone, np.full(n_gt, self._t, dtype=np.float64))
         if not self._dense:
-            keep = pv >= self._t
-            pm, pa, pv = pm[keep], pa[keep], pv[keep]  # these also decide multi/neutral below
-        key = img.index_select(0, pm) * n + pa
-        pg = gidx.index_select(0, pm)
-        self._greedy_sparse(pm, key, pv, pg, gt_match, used, n, scratch)
+            keep = np.flatnonzero(pv >= self._t)  # these also decide multi/neutral below
+            pm, pa, pv = pm[keep], pa[keep], pv[keep]
+        key = img[pm] * n + pa
+        self._greedy_first(pm, key, pv, gidx, gt_match, used, n, scratch)
         if not self._dense:
             # Leftover ground truth (small or odd-shaped boxes) continues the greedy below t: first at
             # half of the smallest best-IoU estimate of the image's leftovers, then at any overlap.
             # Each level is exact because every pair of the image at or above its level is present.
             for level in (0, 1):
-                left = torch.nonzero(gt_match < 0).flatten()
-                if left.numel() == 0:
+                left = np.flatnonzero(gt_match < 0)
+                if left.size == 0:
                     break
                 if level == 0:
-                    est = self._best_iou_estimate(cent, gcorn, garea, left)
-                    t_img = torch.full((bsz,), float("inf"), dtype=torch.float64, device=dev)
-                    t_img.scatter_reduce_(0, img.index_select(0, left), est, reduce="amin")
-                    t_left = (t_img.index_select(0, img.index_select(0, left)) / 2).clamp(max=self._t)
+                    t_img = np.full(bsz, np.inf)
+                    np.minimum.at(t_img, img[left], self._best_iou_estimate(cent, gf, left))
+                    t_left = np.minimum(t_img[img[left]] / 2, self._t)
                 else:
-                    t_left = torch.zeros(left.numel(), dtype=torch.float64, device=dev)
-                qm, qa, qv, qt = self._candidate_pairs(cent, gcorn, garea, left, t_left)
-                qkey = img.index_select(0, qm) * n + qa
-                ok = torch.nonzero((qv >= qt) & (qv > 0) & ~used.index_select(0, qkey)).flatten()
-                qm = qm.index_select(0, ok)
-                self._greedy_sparse(
-                    qm, qkey.index_select(0, ok), qv.index_select(0, ok), gidx.index_select(0, qm),
-                    gt_match, used, n, scratch,
-                )
-        left = torch.nonzero(gt_match < 0).flatten()
-        if left.numel():  # ground truth that overlaps no free anchor at all
-            self._greedy_dense(left, img, gidx, gcorn, garea, gt_match, used.view(bsz, n))
+                    t_left = np.zeros(left.size, dtype=np.float64)
+                qm, qa, qv, qt = self._candidate_pairs(cent, gf, left, t_left)
+                qkey = img[qm] * n + qa
+                ok = np.flatnonzero((qv >= qt) & (qv > 0) & ~used[qkey])
+                qm = qm[ok]
+                self._greedy_sparse(qm, qkey[ok], qv[ok], gidx[qm], gt_match, used, n, scratch)
+        left = np.flatnonzero(gt_match < 0)
+        if left.size:  # ground truth that overlaps no free anchor at all
+            self._greedy_dense(left, img, gidx, gf, gt_match, used.reshape(bsz, n))
 
-        # ---- multi matching and neutral anchors from each anchor's best ground truth (ties: lowest gt)
-        aid = self._compact(key, scratch)
-        k = key.numel()
-        best_v = torch.full((k,), -1.0, dtype=torch.float64, device=dev).scatter_reduce_(0, aid, pv, reduce="amax")
-        is_best = torch.nonzero(pv == best_v.index_select(0, aid)).flatten()
-        best_m = torch.full((k,), _BIG, dtype=torch.int64, device=dev)
-        best_m.scatter_reduce_(0, aid.index_select(0, is_best), pm.index_select(0, is_best), reduce="amin")
-        rep = torch.nonzero(aid == torch.arange(k, device=dev)).flatten()  # one pair per anchor
-        akey, av, am = key.index_select(0, rep), best_v.index_select(0, rep), best_m.index_select(0, rep)
-        bip = img * n + gt_match  # bipartite matches win their anchor over everything else
-        is_bip = torch.zeros(bsz * n, dtype=torch.bool, device=dev)
-        is_bip[bip] = True
-        free = ~is_bip.index_select(0, akey)
-        above_neg = av >= self.neg_iou_limit
+        # ---- neutral, then multi positives, then bipartite positives (each write overrides the last)
+        neutral = key[pv >= self.neg_iou_limit]
+        bip = img * n + gt_match
         if self.matching == "multi":
-            above_pos = av >= self.pos_iou_threshold
-            sel = torch.nonzero(free & above_pos).flatten()
-            pos_key = torch.cat((akey.index_select(0, sel), bip))
-            pos_m = torch.cat((am.index_select(0, sel), everyone))
-            neutral = akey[free & above_neg & ~above_pos]
+            # each anchor's best ground truth among pairs >= pos (ties: lowest gt); all of an anchor's
+            # pairs at its best IoU are present when that IoU is >= pos
+            strong = np.flatnonzero(pv >= self.pos_iou_threshold)
+            skey, sv, sm = key[strong], pv[strong], pm[strong]
+            aid = self._compact(skey, scratch)
+            k = skey.size
+            best_v = np.full(k, -1.0)
+            np.maximum.at(best_v, aid, sv)
+            is_best = np.flatnonzero(sv == best_v[aid])
+            best_m = np.full(k, _BIG, dtype=np.int64)
+            np.minimum.at(best_m, aid[is_best], sm[is_best])
+            rep = np.flatnonzero(aid == np.arange(k))  # one pair per anchor
+            sel = rep[~used[skey[rep]]]  # bipartite matches win their anchor
+            pos_key = np.concatenate((skey[sel], bip))
+            pos_m = np.concatenate((best_m[sel], everyone))
         else:
             pos_key, pos_m = bip, everyone
-            neutral = akey[free & above_neg]
 
-        lab_flat = labels_out.view(-1)
-        lab_flat[neutral] = -1
-        lab_flat[pos_key] = gl.index_select(0, pos_m)
-        anchors_pos = self.anchors64.index_select(0, pos_key % n)
-        targets.view(-1, 4)[pos_key] = encode(cent.index_select(0, pos_m), anchors_pos, self.variances).float()
+        labels_np[neutral] = -1
+        labels_np[pos_key] = _np(gl)[pos_m]
+        # the offsets of boxes.encode (same formula, float64, then float32), in numpy at these sizes
+        g_c, a_c = cent[pos_m], self._anchors_np[pos_key % n]
+        v = np.asarray(self.variances)
+        t_np = np.empty((pos_key.size, 4), dtype=np.float64)
+        t_np[:, :2] = (g_c[:, :2] - a_c[:, :2]) / (a_c[:, 2:] * v[:2])
+        t_np[:, 2:] = np.log(g_c[:, 2:] / a_c[:, 2:]) / v[2:]
+        targets_np[pos_key] = t_np
+        labels_out = _on(labels_np.reshape(bsz, n), dev)
+        targets = _on(targets_np.reshape(bsz, n, 4), dev)
         if want_matches:
-            owner = torch.full((bsz * n,), -1, dtype=torch.int64, device=dev)
-            owner[pos_key] = gidx.index_select(0, pos_m)
-            return labels_out, targets, owner.view(bsz, n)
+            owner = np.full(bsz * n, -1, dtype=np.int64)
+            owner[pos_key] = gidx[pos_m]
+            return labels_out, targets, _on(owner.reshape(bsz, n), dev)
         return labels_out, targets, None
 
     # ------------------------------------------------------------------ internals
     def _candidate_pairs(
-        self, cent: Tensor, gcorn: Tensor, garea: Tensor, subset: Tensor, t_sub: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Pairs (gt in ``subset``, anchor) that may have ``IoU >= t_sub[gt]``.
+        self, cent: np.ndarray, gf: np.ndarray, subset: np.ndarray, t_sub: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Pairs (gt in ``subset``, anchor) that may have ``IoU >= t_sub[gt]`` (numpy, CPU).
+
+        Args:
+            cent: ``[M_all, 4]`` float64 gt centroids; gf: their ``[5, M_all]`` box fields.
+            subset: ``[M]`` int64 gt indices; t_sub: ``[M]`` float64 threshold of each.
 
         Returns ``(gt index, anchor index, exact IoU, that gt's threshold)`` per pair.
         """
         g = self._groups
-        dev = self.device
-        n_q = g.ncols.numel()
-        t = (t_sub.clamp(min=0) * (1 - 1e-9))[:, None]  # [M, 1], a hair lower: the windows stay supersets
-        c = cent.index_select(0, subset)
-        gwh = c[:, None, 2:]  # [M, 1, 2]
-        min_wh = torch.minimum(g.max_wh, gwh)  # [M, Q, 2]
-        inter_max = min_wh.prod(-1)  # [M, Q]
-        sum_area = g.min_area + gwh.prod(-1)  # [M, Q]
+        t_all = np.maximum(t_sub, 0) * (1 - 1e-9)  # [M], a hair lower: the windows stay supersets
+        c = cent[subset]
+        # Screen every (group, gt) combination on [Q, M] first: a group can reach IoU t only if its
+        # largest overlap can, which few groups pass for a given box; the window geometry then runs
+        # on the survivors only.
+        min_w_qm, min_h_qm = np.minimum(g.max_wh[:, :1], c[:, 2]), np.minimum(g.max_wh[:, 1:], c[:, 3])
+        inter_qm = min_w_qm * min_h_qm
+        sum_qm = g.min_area[:, None] + c[:, 2] * c[:, 3]
+        if self._dense:
+            qi, mi = np.nonzero(np.ones(inter_qm.shape, dtype=bool))
+        else:
+            qi, mi = np.nonzero(inter_qm / (sum_qm - inter_qm) >= t_all)
+        # one entry per surviving (group, gt) window
+        gx, gy, gw, gh = c[mi, 0], c[mi, 1], c[mi, 2], c[mi, 3]
+        mw, mh = g.max_wh[qi, 0], g.max_wh[qi, 1]
+        min_w, min_h = min_w_qm[qi, mi], min_h_qm[qi, mi]
+        t = t_all[mi]
         # IoU >= t needs inter >= t * (A + G) / (1 + t); with the other side at most min_wh, each
         # side's overlap bounds how far the centres may be apart.
-        i_min = (t * sum_area / (1 + t))[..., None]  # [M, Q, 1]
-        d_max = (g.max_wh + gwh) / 2 - i_min / min_wh.flip(-1)  # [M, Q, 2]
+        i_min = t * sum_qm[qi, mi] / (1 + t)
+        dx_max = (mw + gw) / 2 - i_min / min_h
+        dy_max = (mh + gh) / 2 - i_min / min_w
+        ox, oy, stx, sty = g.origin[qi, 0], g.origin[qi, 1], g.step[qi, 0], g.step[qi, 1]
+        lastx, lasty = g.last[qi, 0], g.last[qi, 1]
+        lox = np.maximum(np.ceil((gx - dx_max - ox) / stx - 1e-6), 0)
+        loy = np.maximum(np.ceil((gy - dy_max - oy) / sty - 1e-6), 0)
+        hix = np.minimum(np.floor((gx + dx_max - ox) / stx + 1e-6), lastx)
+        hiy = np.minimum(np.floor((gy + dy_max - oy) / sty + 1e-6), lasty)
         if self._dense:
-            ok = torch.ones_like(inter_max, dtype=torch.bool)
+            ok = np.ones(qi.size, dtype=bool)
         else:
-            # no position of this anchor size can reach t: skip the whole group for this gt
-            ok = (inter_max / (sum_area - inter_max) >= t) & (d_max >= 0).all(-1)
-        gxy = c[:, None, :2]
-        lo = torch.ceil((gxy - d_max - g.origin) / g.step - 1e-6).clamp_(min=0)
-        hi = torch.minimum(torch.floor((gxy + d_max - g.origin) / g.step + 1e-6), g.last)
+            ok = (dx_max >= 0) & (dy_max >= 0)
         if g.any_dense:
-            lo = torch.where(g.dense[:, None], 0.0, lo)
-            hi = torch.where(g.dense[:, None], g.last, hi)
-        size = (hi - lo + 1).clamp_(min=0)  # [M, Q, 2] columns, rows in the window
-        cnt = torch.where(ok, size.prod(-1), 0).to(torch.int64).flatten()  # [M*Q]
-        mq = torch.repeat_interleave(cnt)
-        if mq.numel() == 0:
-            empty_i = torch.zeros(0, dtype=torch.int64, device=dev)
-            empty_f = torch.zeros(0, dtype=torch.float64, device=dev)
+            dn = g.dense[qi]
+            lox, loy = np.where(dn, 0.0, lox), np.where(dn, 0.0, loy)
+            hix, hiy = np.where(dn, lastx, hix), np.where(dn, lasty, hiy)
+        # rows and columns of each window; a skipped window has no rows
+        n_rows = np.where(ok, np.maximum(hiy - loy + 1, 0), 0).astype(np.int64)
+        n_cols = np.maximum(hix - lox + 1, 0).astype(np.int64)
+        # expand windows to row segments, then row segments to cells (no division per pair)
+        ncols = g.ncols[qi]
+        win_base = g.offset[qi] + loy.astype(np.int64) * ncols + lox.astype(np.int64)
+        n_seg = int(n_rows.sum())
+        seg_row = np.arange(n_seg, dtype=np.int64) - np.repeat(np.cumsum(n_rows) - n_rows, n_rows)
+        seg_start = np.repeat(win_base, n_rows) + seg_row * np.repeat(ncols, n_rows)
+        seg_len = np.repeat(n_cols, n_rows)
+        seg_m = np.repeat(mi, n_rows)
+        total = int(seg_len.sum())
+        if total == 0:
+            empty_i = np.zeros(0, dtype=np.int64)
+            empty_f = np.zeros(0, dtype=np.float64)
             return empty_i, empty_i, empty_f, empty_f
-        lo = lo.to(torch.int64)
-        q_all = torch.arange(n_q, device=dev)
-        # per (gt, group): table position of the window's first cell, window width, table width
-        base = (g.offset[q_all] + lo[..., 1] * g.ncols + lo[..., 0]).flatten()
-        width = size[..., 0].to(torch.int64).flatten()
-        stride = g.ncols.expand(cnt.numel() // n_q, n_q).flatten()
-        local = torch.arange(mq.numel(), device=dev) - (torch.cumsum(cnt, 0) - cnt).index_select(0, mq)
-        w_p = width.index_select(0, mq)
-        row = torch.div(local, w_p, rounding_mode="floor")
-        pos = base.index_select(0, mq) + row * stride.index_select(0, mq) + (local - row * w_p)
-        a = g.table.index_select(0, pos)
-        m_local = torch.div(mq, n_q, rounding_mode="floor")
-        tp = t_sub.index_select(0, m_local)
-        m = subset.index_select(0, m_local)
-        v = self._pair_iou(gcorn.index_select(0, m), garea.index_select(0, m), a)
-        return m, a, v, tp
+        pos = np.arange(total, dtype=np.int64) + np.repeat(seg_start - (np.cumsum(seg_len) - seg_len), seg_len)
+        a = g.table[pos]
+        m_local = np.repeat(seg_m, seg_len)
+        m = subset[m_local]
+        return m, a, self._pair_iou(gf, m, a), t_sub[m_local]
 
     def best_iou_per_group(self, cent: Tensor, gcorn: Tensor, garea: Tensor) -> tuple[Tensor, Tensor]:
         """Exact best IoU of each box with each anchor-size group, and the anchor reaching it.
@@ -511,51 +543,106 @@ class SSDTargetEncoder:
                 coordinate system.
 
         Returns:
-            ``(iou float64 [M, Q], anchor index int64 [M, Q])``. For a grid group IoU falls off
-            monotonically with the centre distance along each axis, so the nearest cell is the best;
-            other groups (clipped anchors) are searched member by member.
+            ``(iou float64 [M, Q], anchor index int64 [M, Q])`` on the anchors' device. For a grid
+            group IoU falls off monotonically with the centre distance along each axis, so the
+            nearest cell is the best; other groups (clipped anchors) are searched member by member.
         """
+        gf = np.concatenate((_np(gcorn).astype(np.float64).T, _np(garea).astype(np.float64)[None]), 0)
+        v, a = self._best_per_group(_np(cent).astype(np.float64), gf)
+        return _on(v, self.device), _on(a, self.device)
+
+    def _best_per_group(self, cent: np.ndarray, gf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         g = self._groups
-        cell = torch.round((cent[:, None, :2] - g.origin) / g.step).clamp_(min=0)
-        cell = torch.minimum(cell, g.last).to(torch.int64)  # [M, Q, 2]
+        cell = np.minimum(np.maximum(np.round((cent[:, None, :2] - g.origin) / g.step), 0), g.last)
+        cell = cell.astype(np.int64)  # [M, Q, 2]
         a = g.table[g.offset + cell[..., 1] * g.ncols + cell[..., 0]]  # [M, Q]
-        v = self._pair_iou(gcorn[:, None, :], garea[:, None], a)
+        rows = np.broadcast_to(np.arange(cent.shape[0])[:, None], a.shape)
+        v = self._pair_iou(gf, rows, a)
         if g.any_dense:
-            for q in torch.nonzero(g.dense).flatten().tolist():
-                members = g.table[int(g.offset[q]) : int(g.offset[q]) + int(g.ncols[q])]
-                iou = self._pair_iou(gcorn[:, None, :], garea[:, None], members[None, :])  # [M, K]
-                best, arg = iou.max(dim=1)
-                v[:, q], a[:, q] = best, members[arg]
+            for q in np.flatnonzero(g.dense).tolist():
+                members = g.table[g.offset[q] : g.offset[q] + g.ncols[q]]
+                iou = self._pair_iou(
+                    gf, np.broadcast_to(rows[:, :1], (rows.shape[0], members.size)),
+                    np.broadcast_to(members, (rows.shape[0], members.size)),
+                )  # [M, K]
+                arg = iou.argmax(axis=1)
+                v[:, q], a[:, q] = iou[np.arange(iou.shape[0]), arg], members[arg]
         return v, a
 
-    def _best_iou_estimate(self, cent: Tensor, gcorn: Tensor, garea: Tensor, subset: Tensor) -> Tensor:
+    def _best_iou_estimate(self, cent: np.ndarray, gf: np.ndarray, subset: np.ndarray) -> np.ndarray:
         """For gts ``subset``, the best IoU over all anchors (steers the next greedy level only)."""
-        v, _ = self.best_iou_per_group(
-            cent.index_select(0, subset), gcorn.index_select(0, subset), garea.index_select(0, subset)
-        )
-        return v.amax(dim=1)
+        v, _ = self._best_per_group(cent[subset], gf[:, subset])
+        return v.max(axis=1)
 
-    def _pair_iou(self, gc: Tensor, ga: Tensor, a: Tensor) -> Tensor:
-        """IoU of gt corners ``gc [..., 4]`` (areas ``ga``) with anchors ``a`` (indices), reference formula."""
-        ac = self._corners_area.index_select(0, a.flatten()).view(*a.shape, 5)
-        iw = (torch.minimum(gc[..., 2], ac[..., 2]) - torch.maximum(gc[..., 0], ac[..., 0])).clamp_(min=0)
-        ih = (torch.minimum(gc[..., 3], ac[..., 3]) - torch.maximum(gc[..., 1], ac[..., 1])).clamp_(min=0)
-        inter = iw.mul_(ih)
-        return inter / (ga + ac[..., 4] - inter)
+    def _pair_iou(self, gf: np.ndarray, m: np.ndarray, a: np.ndarray) -> np.ndarray:
+        """IoU of gts ``m`` (fields ``gf [5, M]``) with anchors ``a``, same-shape index arrays; reference formula."""
+        af = self._anchor_fields
+        iw = np.minimum(gf[2].take(m), af[2].take(a))
+        iw -= np.maximum(gf[0].take(m), af[0].take(a))
+        np.maximum(iw, 0, out=iw)
+        ih = np.minimum(gf[3].take(m), af[3].take(a))
+        ih -= np.maximum(gf[1].take(m), af[1].take(a))
+        np.maximum(ih, 0, out=ih)
+        iw *= ih  # the intersection
+        union = gf[4].take(m)
+        union += af[4].take(a)
+        union -= iw
+        return iw / union
 
     @staticmethod
-    def _compact(keys: Tensor, scratch: Tensor) -> Tensor:
+    def _compact(keys: np.ndarray, scratch: np.ndarray) -> np.ndarray:
         """Ids in ``[0, len(keys))`` that are equal exactly where ``keys`` are equal (no sort).
 
         ``scratch`` is any int64 buffer indexable by ``keys``; its contents are overwritten.
         """
-        scratch[keys] = torch.arange(keys.numel(), device=keys.device)
-        return scratch.index_select(0, keys)
+        scratch[keys] = np.arange(keys.size, dtype=np.int64)
+        return scratch[keys]
+
+    @classmethod
+    def _greedy_first(
+        cls, pm: np.ndarray, akey: np.ndarray, pv: np.ndarray, gidx: np.ndarray, gt_match: np.ndarray,
+        used: np.ndarray, n: int, scratch: np.ndarray,
+    ) -> None:
+        """:meth:`_greedy_sparse` on all pairs, with its first round done on the few pairs that matter.
+
+        A first-round match is a pair that is best for its gt and for its anchor, so the anchor side
+        is only needed on the anchors some gt ranks first; the later rounds run on the pairs left
+        alive (gt unmatched, anchor free), which are few.
+        """
+        if pv.size == 0:
+            return
+        n_gt = gt_match.size
+        gv = np.full(n_gt, -1.0)
+        np.maximum.at(gv, pm, pv)
+        top_g = np.flatnonzero(pv == gv[pm])
+        ga = np.full(n_gt, _BIG, dtype=np.int64)
+        np.minimum.at(ga, pm[top_g], akey[top_g])
+        cg = np.flatnonzero(ga != _BIG)  # gts with pairs, and their first-choice anchor
+        ck = ga[cg]
+        mark = np.zeros(used.size, dtype=bool)
+        mark[ck] = True
+        on = np.flatnonzero(mark[akey])  # pairs on first-choice anchors
+        sk, sv, sg = akey[on], pv[on], gidx[pm[on]]
+        sid = cls._compact(sk, scratch)
+        av = np.full(sk.size, -1.0)
+        np.maximum.at(av, sid, sv)
+        ta = np.flatnonzero(sv == av[sid])
+        ag = np.full(sk.size, _BIG, dtype=np.int64)
+        np.minimum.at(ag, sid[ta], sg[ta])
+        cid = scratch[ck]  # the compact id of each first-choice anchor
+        dom = np.flatnonzero((av[cid] == gv[cg]) & (ag[cid] == gidx[cg]))
+        dm, da = cg[dom], ck[dom]
+        gt_match[dm] = da % n
+        used[da] = True
+        alive = np.flatnonzero((gt_match[pm] < 0) & ~used[akey])
+        if alive.size:
+            am = pm[alive]
+            cls._greedy_sparse(am, akey[alive], pv[alive], gidx[am], gt_match, used, n, scratch)
 
     @classmethod
     def _greedy_sparse(
-        cls, pm: Tensor, akey: Tensor, pv: Tensor, pg: Tensor, gt_match: Tensor, used: Tensor, n: int,
-        scratch: Tensor,
+        cls, pm: np.ndarray, akey: np.ndarray, pv: np.ndarray, pg: np.ndarray, gt_match: np.ndarray,
+        used: np.ndarray, n: int, scratch: np.ndarray,
     ) -> None:
         """Sequential greedy matching on sparse pairs, by rounds of locally dominant pairs.
 
@@ -566,67 +653,65 @@ class SSDTargetEncoder:
         matched by the sequential greedy too, so each round commits all of them at once.
         Writes the anchor of each matched gt into ``gt_match`` and marks it in ``used`` (``[B*n]``).
         """
-        if pv.numel() == 0:
+        if pv.size == 0:
             return
-        dev = pv.device
-        n_gt = gt_match.numel()
+        n_gt = gt_match.size
         aid = cls._compact(akey, scratch)
-        k = pv.numel()
-        while pv.numel():
-            gv = torch.full((n_gt,), -1.0, dtype=pv.dtype, device=dev).scatter_reduce_(0, pm, pv, reduce="amax")
-            av = torch.full((k,), -1.0, dtype=pv.dtype, device=dev).scatter_reduce_(0, aid, pv, reduce="amax")
-            top_g = pv == gv.index_select(0, pm)
-            top_a = pv == av.index_select(0, aid)
-            ga = torch.full((n_gt,), _BIG, dtype=torch.int64, device=dev)
-            ga.scatter_reduce_(0, pm[top_g], akey[top_g], reduce="amin")
-            ag = torch.full((k,), _BIG, dtype=torch.int64, device=dev)
-            ag.scatter_reduce_(0, aid[top_a], pg[top_a], reduce="amin")
-            dom = top_g & top_a & (ga.index_select(0, pm) == akey) & (ag.index_select(0, aid) == pg)
+        k = pv.size
+        while pv.size:
+            gv = np.full(n_gt, -1.0)
+            np.maximum.at(gv, pm, pv)
+            av = np.full(k, -1.0)
+            np.maximum.at(av, aid, pv)
+            top_g = pv == gv[pm]
+            top_a = pv == av[aid]
+            ga = np.full(n_gt, _BIG, dtype=np.int64)
+            np.minimum.at(ga, pm[top_g], akey[top_g])
+            ag = np.full(k, _BIG, dtype=np.int64)
+            np.minimum.at(ag, aid[top_a], pg[top_a])
+            dom = np.flatnonzero(top_g & top_a & (ga[pm] == akey) & (ag[aid] == pg))
             dm, da = pm[dom], akey[dom]
             gt_match[dm] = da % n
             used[da] = True
-            done_g = torch.zeros(n_gt, dtype=torch.bool, device=dev)
+            done_g = np.zeros(n_gt, dtype=bool)
             done_g[dm] = True
-            done_a = torch.zeros(k, dtype=torch.bool, device=dev)
+            done_a = np.zeros(k, dtype=bool)
             done_a[aid[dom]] = True
-            alive = ~(done_g.index_select(0, pm) | done_a.index_select(0, aid))
+            alive = np.flatnonzero(~(done_g[pm] | done_a[aid]))
             pm, akey, pv, pg, aid = pm[alive], akey[alive], pv[alive], pg[alive], aid[alive]
 
     def _greedy_dense(
         self,
-        left: Tensor,
-        img: Tensor,
-        gidx: Tensor,
-        gcorn: Tensor,
-        garea: Tensor,
-        gt_match: Tensor,
-        used_anchor: Tensor,
+        left: np.ndarray,
+        img: np.ndarray,
+        gidx: np.ndarray,
+        gf: np.ndarray,
+        gt_match: np.ndarray,
+        used_anchor: np.ndarray,
     ) -> None:
         """Finish the greedy matching for ground truth ``left`` on dense IoU rows (all below ``t``)."""
-        dev = self.device
         n = self.num_anchors
-        rows = self._pair_iou(gcorn[left][:, None, :], garea[left][:, None], torch.arange(n, device=dev)[None, :])
+        shape = (left.size, n)
+        rows = self._pair_iou(gf, np.broadcast_to(left[:, None], shape), np.broadcast_to(np.arange(n), shape))
         lb = img[left]
         lg = gidx[left]
-        rows = rows.masked_fill(used_anchor[lb], -1.0)
-        active = torch.ones(left.numel(), dtype=torch.bool, device=dev)
+        rows[used_anchor[lb]] = -1.0
+        active = np.ones(left.size, dtype=bool)
         bsz = used_anchor.shape[0]
-        ar = torch.arange(left.numel(), device=dev)
-        while bool(active.any()):
-            arg = rows.argmax(dim=1)  # first maximum
-            val = rows[ar, arg]
-            val = torch.where(active, val, -2.0)
-            best = torch.full((bsz,), -2.0, dtype=torch.float64, device=dev)
-            best.scatter_reduce_(0, lb, val, reduce="amax")
+        ar = np.arange(left.size)
+        while active.any():
+            arg = rows.argmax(axis=1)  # first maximum
+            val = np.where(active, rows[ar, arg], -2.0)
+            best = np.full(bsz, -2.0)
+            np.maximum.at(best, lb, val)
             cand = active & (val == best[lb])
-            first_g = torch.full((bsz,), _BIG, dtype=torch.int64, device=dev)
-            first_g.scatter_reduce_(0, lb[cand], lg[cand], reduce="amin")
-            chosen = cand & (lg == first_g[lb])  # at most one row per image
-            ci = torch.nonzero(chosen).flatten()
+            first_g = np.full(bsz, _BIG, dtype=np.int64)
+            np.minimum.at(first_g, lb[cand], lg[cand])
+            ci = np.flatnonzero(cand & (lg == first_g[lb]))  # at most one row per image
             gt_match[left[ci]] = arg[ci]
             active[ci] = False
             # the chosen anchors are gone for every row of the same image
-            chosen_anchor = torch.full((bsz,), -1, dtype=torch.int64, device=dev)
+            chosen_anchor = np.full(bsz, -1, dtype=np.int64)
             chosen_anchor[lb[ci]] = arg[ci]
             ca = chosen_anchor[lb]
             has = ca >= 0
