@@ -49,6 +49,25 @@ def _on(a: np.ndarray, device: torch.device) -> Tensor:
     return torch.from_numpy(a).to(device)
 
 
+def _group_argmax(group: np.ndarray, size: int, value: np.ndarray, tie: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per group, the highest ``value`` and the lowest ``tie`` key among the entries at it.
+
+    Args:
+        group: ``[K]`` int64 group of each entry, in ``[0, size)``.
+        value: ``[K]`` float64 (IoU, so ``>= 0``); tie: ``[K]`` int64.
+
+    Returns:
+        ``(best [size] float64, -1 for an empty group; low [size] int64, _BIG for an empty group)``.
+        This is the reference's order restricted to one gt or one anchor: IoU descending, then index.
+    """
+    best = np.full(size, -1.0)
+    np.maximum.at(best, group, value)
+    at = value == best[group]
+    low = np.full(size, _BIG, dtype=np.int64)
+    np.minimum.at(low, group[at], tie[at])
+    return best, low
+
+
 def _box_fields(cxcywh: np.ndarray) -> np.ndarray:
     """``[M, 4]`` float64 ``(cx, cy, w, h)`` -> ``[5, M]`` ``(x1, y1, x2, y2, area)``, field-major.
 
@@ -434,13 +453,8 @@ class SSDTargetEncoder:
             strong = np.flatnonzero(pv >= self.pos_iou_threshold)
             skey, sv, sm = key[strong], pv[strong], pm[strong]
             aid = self._compact(skey, scratch)
-            k = skey.size
-            best_v = np.full(k, -1.0)
-            np.maximum.at(best_v, aid, sv)
-            is_best = np.flatnonzero(sv == best_v[aid])
-            best_m = np.full(k, _BIG, dtype=np.int64)
-            np.minimum.at(best_m, aid[is_best], sm[is_best])
-            rep = np.flatnonzero(aid == np.arange(k))  # one pair per anchor
+            _, best_m = _group_argmax(aid, skey.size, sv, sm)
+            rep = np.flatnonzero(aid == np.arange(skey.size))  # one pair per anchor
             sel = rep[~used[skey[rep]]]  # bipartite matches win their anchor
             pos_key = np.concatenate((skey[sel], bip))
             pos_m = np.concatenate((best_m[sel], everyone))
@@ -612,11 +626,7 @@ class SSDTargetEncoder:
         if pv.size == 0:
             return
         n_gt = gt_match.size
-        gv = np.full(n_gt, -1.0)
-        np.maximum.at(gv, pm, pv)
-        top_g = np.flatnonzero(pv == gv[pm])
-        ga = np.full(n_gt, _BIG, dtype=np.int64)
-        np.minimum.at(ga, pm[top_g], akey[top_g])
+        gv, ga = _group_argmax(pm, n_gt, pv, akey)
         cg = np.flatnonzero(ga != _BIG)  # gts with pairs, and their first-choice anchor
         ck = ga[cg]
         mark = np.zeros(used.size, dtype=bool)
@@ -624,11 +634,7 @@ class SSDTargetEncoder:
         on = np.flatnonzero(mark[akey])  # pairs on first-choice anchors
         sk, sv, sg = akey[on], pv[on], gidx[pm[on]]
         sid = cls._compact(sk, scratch)
-        av = np.full(sk.size, -1.0)
-        np.maximum.at(av, sid, sv)
-        ta = np.flatnonzero(sv == av[sid])
-        ag = np.full(sk.size, _BIG, dtype=np.int64)
-        np.minimum.at(ag, sid[ta], sg[ta])
+        av, ag = _group_argmax(sid, sk.size, sv, sg)
         cid = scratch[ck]  # the compact id of each first-choice anchor
         dom = np.flatnonzero((av[cid] == gv[cg]) & (ag[cid] == gidx[cg]))
         dm, da = cg[dom], ck[dom]
@@ -659,17 +665,9 @@ class SSDTargetEncoder:
         aid = cls._compact(akey, scratch)
         k = pv.size
         while pv.size:
-            gv = np.full(n_gt, -1.0)
-            np.maximum.at(gv, pm, pv)
-            av = np.full(k, -1.0)
-            np.maximum.at(av, aid, pv)
-            top_g = pv == gv[pm]
-            top_a = pv == av[aid]
-            ga = np.full(n_gt, _BIG, dtype=np.int64)
-            np.minimum.at(ga, pm[top_g], akey[top_g])
-            ag = np.full(k, _BIG, dtype=np.int64)
-            np.minimum.at(ag, aid[top_a], pg[top_a])
-            dom = np.flatnonzero(top_g & top_a & (ga[pm] == akey) & (ag[aid] == pg))
+            gv, ga = _group_argmax(pm, n_gt, pv, akey)
+            av, ag = _group_argmax(aid, k, pv, pg)
+            dom = np.flatnonzero((pv == gv[pm]) & (pv == av[aid]) & (ga[pm] == akey) & (ag[aid] == pg))
             dm, da = pm[dom], akey[dom]
             gt_match[dm] = da % n
             used[da] = True
