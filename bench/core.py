@@ -59,14 +59,13 @@ def realistic_outputs(seed: int, batch: int, n: int, n_classes: int):
     return logits, deltas
 
 
-def timeit(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
+def timings(fn: Callable[[], object], repeats: int) -> list[float]:
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return times
 
 
 def main() -> None:
@@ -77,7 +76,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    rep_fast, rep_ref = (5, 1) if args.quick else (30, 5)
+    # per round: ssdkit calls, reference calls; rounds
+    rep_fast, rep_ref, rounds = (5, 1, 1) if args.quick else (6, 1, 5)
 
     gen = AnchorGenerator.preset("ssd300_voc")
     anchors64 = gen.anchors(dtype=torch.float64).numpy()
@@ -98,18 +98,31 @@ def main() -> None:
     assert all(o.shape == r.shape and np.array_equal(o[:, 0].numpy(), r[:, 0]) for o, r in zip(out, ref))
     n_det = sum(o.shape[0] for o in out)
 
-    rows = []
-    t_ours = timeit(lambda: enc(tb, tl), rep_fast)
-    t_ref = timeit(lambda: encode_numpy([b.numpy().astype(np.float64) for b in tb], labels, anchors64, 300, 300),
-                   rep_ref)
-    rows.append(("encode (multi)", t_ours, t_ref))
+    # Rounds alternate between ssdkit and the reference so that load changes on a shared machine hit
+    # both alike; each side's figure is the median over all its calls.
+    jobs: list[tuple[str, Callable[[], object], Callable[[], object]]] = [(
+        "encode (multi)",
+        lambda: enc(tb, tl),
+        lambda: encode_numpy([b.numpy().astype(np.float64) for b in tb], labels, anchors64, 300, 300),
+    )]
     for mode, conf, kw in (("per_class", 0.01, {}), ("global", 0.5, {"top_k": None})):
-        t_ours = timeit(lambda conf=conf, mode=mode, kw=kw: decode_detections(
-            logits, deltas, gen, 300, confidence_thresh=conf, nms=mode, **kw), rep_fast)
-        t_ref = timeit(lambda conf=conf, mode=mode, kw=kw: decode_numpy(
-            logits.numpy(), deltas.numpy(), anchors64, 300, 300, confidence_thresh=conf, nms=mode,
-            top_k=kw.get("top_k", 200)), rep_ref)
-        rows.append((f"decode ({mode}, conf {conf})", t_ours, t_ref))
+        jobs.append((
+            f"decode ({mode}, conf {conf})",
+            lambda conf=conf, mode=mode, kw=kw: decode_detections(
+                logits, deltas, gen, 300, confidence_thresh=conf, nms=mode, **kw),
+            lambda conf=conf, mode=mode, kw=kw: decode_numpy(
+                logits.numpy(), deltas.numpy(), anchors64, 300, 300, confidence_thresh=conf, nms=mode,
+                top_k=kw.get("top_k", 200)),
+        ))
+    rows = []
+    for name, ours_fn, ref_fn in jobs:
+        ours_t: list[float] = []
+        ref_t: list[float] = []
+        ours_fn(), ref_fn()  # warm-up
+        for _ in range(rounds):
+            ours_t += timings(ours_fn, rep_fast)
+            ref_t += timings(ref_fn, rep_ref)
+        rows.append((name, statistics.median(ours_t), statistics.median(ref_t)))
 
     n_gt = sum(len(x) for x in labels)
     print(f"SSD300 VOC anchors ({gen.num_anchors}), batch {args.batch}, {n_gt} gt boxes, "

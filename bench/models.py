@@ -205,9 +205,10 @@ def run_pair(name: str, size: int, n_classes: int, batches: list[int], repeats: 
             runs = {"ssdkit": partial(ssdkit_stages, model, x), "torchvision": partial(torchvision_stages, tv, x)}
             reps = min(repeats, 2) if "vgg" in name and b > 1 and not explicit_repeats else repeats
             with torch.no_grad():
-                if b * size * size <= 8 * 320 * 320 and not ("vgg" in name and b > 1):
-                    for run in runs.values():  # warm-up (allocator, oneDNN primitive caches); VGG batch 8
-                        run()  # (~10 s a call on one core) relies on the batch-1 warm-up and alternating order
+                # warm-up at this batch size for both (allocator, oneDNN primitives for the new shapes): without
+                # it the first timed call pays it, and with VGG's 2 repeats at batch 8 that call is half the median
+                for run in runs.values():
+                    run()
                 for rep in range(reps):  # interleaved, alternating order
                     for lib in (("ssdkit", "torchvision") if rep % 2 == 0 else ("torchvision", "ssdkit")):
                         res[lib].append(runs[lib]())

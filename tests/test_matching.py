@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from bench.reference_numpy import encode_numpy
 from ssdkit.anchors import AnchorGenerator
-from ssdkit.matching import SSDTargetEncoder
+from ssdkit.matching import SSDTargetEncoder, validate_targets
 
 
 def random_gt(rng: np.random.Generator, b: int, h: int, w: int, gmax: int, n_classes: int, tiny: bool = True):
@@ -176,6 +176,31 @@ def test_bad_ground_truth_names_image_and_box(boxes, labels, match) -> None:
     enc = SSDTargetEncoder(AnchorGenerator(100, [2]), 100, 3)
     with pytest.raises(ValueError, match=match):
         enc([torch.tensor(b, dtype=torch.float32) for b in boxes], [torch.tensor(x) for x in labels])
+
+
+def test_ground_truth_in_other_containers_and_dtypes_encodes_the_same() -> None:
+    gen = AnchorGenerator(100, [4, 2])
+    enc = SSDTargetEncoder(gen, 100, 3)
+    boxes = [[[10.0, 10, 40, 50], [50, 50, 90, 95]], [[20.0, 5, 70, 60]]]
+    labels = [[1, 3], [2]]
+    ref = enc([torch.tensor(b) for b in boxes], [torch.tensor(x) for x in labels])
+    variants = [
+        ([np.array(b, dtype=np.float32) for b in boxes], [np.array(x) for x in labels]),  # numpy
+        (boxes, labels),  # nested lists
+        ([torch.tensor(b, dtype=torch.bfloat16) for b in boxes], [torch.tensor(x) for x in labels]),  # exact here
+        ([torch.tensor(b, dtype=torch.float64) for b in boxes], [torch.tensor(x, dtype=torch.float32) for x in labels]),
+    ]
+    for vb, vl in variants:
+        lab, tgt = enc(vb, vl)
+        assert torch.equal(lab, ref[0]) and torch.allclose(tgt, ref[1], atol=1e-6)
+    # bool labels (one-class data) count as class 1
+    gb, gl, counts, removed = validate_targets(boxes, [torch.tensor([True, True]), [True]], 3, "remove")
+    assert gb.dtype == torch.float64 and gl.dtype == torch.int64 and gl.tolist() == [1, 1, 1]
+    assert counts.tolist() == [2, 1] and removed == 0
+    with pytest.raises(ValueError, match=r"image 1: boxes/labels are not numeric arrays"):
+        enc(boxes, [[1, 3], ["cat"]])
+    with pytest.raises(ValueError, match=r"image 0, box 1: label 0 is out of range"):
+        enc(boxes, [[True, False], [True]])
 
 
 def test_degenerate_remove_counts_and_drops() -> None:

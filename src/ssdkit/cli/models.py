@@ -14,11 +14,15 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
             "(GMACs, measured on one forward pass at the default input size), anchor count, default "
             "input size (H x W) and predictor feature-map sizes."
         ),
-        epilog="examples:\n  ssdkit models\n  ssdkit models ssd300_vgg16 ssd7 --classes 3",
+        epilog=("examples:\n  ssdkit models\n  ssdkit models ssd300_vgg16 ssd7 --classes 3\n"
+                "  ssdkit models ssdlite320_mobilenet_v2 --modules 2     # module names for train.freeze"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("names", nargs="*", metavar="NAME", help="only these models (default: all)")
     p.add_argument("--classes", type=int, default=20, help="positive classes of the heads (default: 20, VOC)")
+    p.add_argument("--modules", type=int, default=None, metavar="DEPTH",
+                   help="instead of the table, list each model's module names up to DEPTH dotted parts, with "
+                        "parameter counts and output sizes at the default input (what train.freeze takes)")
     p.set_defaults(func=run)
     return p
 
@@ -44,6 +48,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"unknown model(s) {unknown}; choose from {valid}")
     if args.classes < 1:
         raise ConfigError(f"--classes must be >= 1, got {args.classes}")
+    if args.modules is not None:
+        if args.modules < 1:
+            raise ConfigError(f"--modules must be >= 1, got {args.modules}")
+        for name in names:
+            _print_modules(name, build_uninitialized(name, n_classes=args.classes), args.modules)
+        return 0
     rows = []
     for name in names:
         # weights are irrelevant to the counts: skip their initialisation (an SSD512 has 27M parameters)
@@ -59,3 +69,33 @@ def run(args: argparse.Namespace) -> int:
         print("  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
     print(f"({args.classes} classes + background; GMACs: multiply-accumulates of one image at the input size)")
     return 0
+
+
+def _print_modules(name: str, model: object, depth: int) -> None:
+    """Module names (as ``train.freeze`` takes them) with parameters and output shape of one image."""
+    import torch
+    from torch import nn
+
+    from ssdkit.engine.freeze import module_names
+
+    assert isinstance(model, nn.Module)
+    shapes: dict[str, str] = {}
+    hooks = []
+    modules = dict(model.named_modules())
+    names = module_names(model, depth)
+    for n in names:
+        def hook(_m: nn.Module, _i: object, out: object, n: str = n) -> None:
+            if isinstance(out, torch.Tensor):
+                shapes[n] = "x".join(str(s) for s in out.shape[1:])
+        hooks.append(modules[n].register_forward_hook(hook))
+    h, w = model.image_size  # type: ignore[attr-defined]
+    # shapes only: real weights are irrelevant, so run on zeros without autograd
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 3, h, w))
+    for hk in hooks:
+        hk.remove()
+    print(f"{name} ({h}x{w}): module, parameters, output C x H x W")
+    width = max(len(n) for n in names)
+    for n in names:
+        params = sum(p.numel() for p in modules[n].parameters())
+        print(f"  {n.ljust(width)}  {params:>11,}  {shapes.get(n, '')}")

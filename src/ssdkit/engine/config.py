@@ -76,6 +76,12 @@ def _positive_ints(v: Any) -> str | None:
     return None
 
 
+def _module_names(v: Any) -> str | None:
+    if not all(isinstance(x, str) and x for x in v):
+        return "must be a list of module names (strings)"
+    return None
+
+
 INT = (int,)
 NUM = (int, float)
 STR = (str,)
@@ -146,6 +152,12 @@ SCHEMA: dict[str, Any] = {
         "amp": Field((bool, str), False, doc="false | true | bf16 | fp16"),
         "channels_last": Field(BOOL, False),
         "compile": Field(BOOL, False),
+        "freeze": Field(LIST, [], check=_module_names,
+                        doc="module names kept fixed (no gradient, BatchNorm statistics frozen), e.g. "
+                            "[backbone.stage1.0, backbone.stage1.1]; `ssdkit models NAME --modules 3` lists them"),
+        "freeze_stride": Field(INT, 0, check=_range(0),
+                               doc="also fix the backbone's leading layers whose outputs are at this stride or "
+                                   "finer (2: the stem; 4: MobileNet's stem and stride-4 blocks); 0: none"),
         "grad_clip": Field(NUM, None, nullable=True, check=_range(0, lo_open=True)),
         "seed": Field(INT, 0),
         "out_dir": Field(STR, "runs"),

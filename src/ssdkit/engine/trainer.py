@@ -55,6 +55,7 @@ from ..errors import CheckpointError, ConfigError, SSDKitError
 from .config import dump_config, load_config
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_object, cleanup, env_world_size, init_distributed
 from .evaluator import EvalOutput, evaluate, make_eval_loader
+from .freeze import freeze_modules, keep_frozen_in_eval, modules_up_to_stride
 from .logging import ProgressBar, RunLogger, read_csv
 from .sampler import EpochSampler
 from .schedule import LRSchedule, build_schedule
@@ -446,6 +447,23 @@ class Trainer:
         self.model.to(self.device)
         if tcfg["channels_last"]:
             self.model.to(memory_format=torch.channels_last)
+        self.frozen = list(tcfg["freeze"])
+        if tcfg["freeze_stride"]:
+            by_stride = modules_up_to_stride(self.model, tcfg["freeze_stride"])
+            if not by_stride and self.is_main:
+                log.warning("train.freeze_stride=%d: no backbone layer runs at that stride or finer; nothing fixed",
+                            tcfg["freeze_stride"])
+            self.frozen += [n for n in by_stride if n not in self.frozen]
+        if self.frozen:
+            mcfg = cfg["model"]
+            if self.is_main and ckpt is None and not mcfg.get("backbone_weights") and not mcfg.get("checkpoint"):
+                log.warning("train.freeze/freeze_stride: the model starts from random weights (no "
+                            "model.backbone_weights or model.checkpoint), and fixed layers keep them")
+            n_frozen = freeze_modules(self.model, self.frozen)
+            n_total = sum(p.numel() for p in self.model.parameters())
+            if self.is_main:
+                log.info("frozen (train.freeze, train.freeze_stride): %s (%s of %s parameters)",
+                         ", ".join(self.frozen), f"{n_frozen:,}", f"{n_total:,}")
         self._build_loaders()
         from ..loss import MultiBoxLoss
 
@@ -757,6 +775,7 @@ class Trainer:
         tcfg = self.cfg["train"]
         b, ws = tcfg["batch_size"], self.dist.world_size
         self.model.train()
+        keep_frozen_in_eval(self.model, self.frozen)
         self.sampler.resume_at(epoch, self.iter_in_epoch * b * ws)
         self.train_loader.set_epoch(epoch)
         bar = ProgressBar(self.iters_per_epoch, self.iter_in_epoch, f"epoch {epoch + 1}/{tcfg['epochs']}",
