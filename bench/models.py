@@ -26,6 +26,9 @@ photos from ../shared when present, else noise):
 - ssdkit runs its inference copy ``model.fuse(channels_last=...)`` (BatchNorm folded into the convs;
   same outputs up to rounding); ``--no-fuse`` times the training-form model instead.
 - channels_last on/off: the models in ``torch.channels_last`` (ssdkit converts its uint8 batch).
+- defaults (last table): each library as it runs when the user changes nothing: ssdkit's
+  ``Predictor`` runs ``model.fuse(channels_last=True)`` on the CPU (its "on" rows), torchvision's
+  model is NCHW (its "off" rows).
 
 Usage: python bench/models.py [--quick] [--threads N] [--repeats R] [--classes 90] [--no-fuse] [--profile]
 The machine may be shared: medians are reported, each ratio is torchvision time / ssdkit time, and
@@ -284,6 +287,17 @@ def main() -> None:
             sn, se, tn, te = ours_t[clock], ours_t[2 + clock], tv_t[clock], tv_t[2 + clock]
             print(f"{name:<30} {b:>5} {cl:>7} | {sn * 1e3:>14.1f} {tn * 1e3:>8.1f} {tn / sn:>6.2f} | "
                   f"{se * 1e3:>17.1f} {te * 1e3:>8.1f} {te / se:>6.2f}")
+    # As each library runs when nobody changes a setting: ssdkit's Predictor uses the fused,
+    # channels_last copy on the CPU; torchvision's model stays contiguous (NCHW).
+    by_key = {(name, b, cl): (o, t) for name, b, cl, o, t in rows}
+    defaults = [(name, b, by_key[(name, b, "on")][0], by_key[(name, b, "off")][1])
+                for name, b, cl, _, _ in rows if cl == "off" and (name, b, "on") in by_key]
+    if defaults:
+        print("\ndefaults, median wall-clock ms: ssdkit as its Predictor runs on CPU (fused, channels_last) vs "
+              "torchvision as built (NCHW)")
+        print(f"{'model':<30} {'batch':>5} | {'end-to-end ssdkit':>17} {'tv':>8} {'ratio':>6}")
+        for name, b, ours_t, tv_t in defaults:
+            print(f"{name:<30} {b:>5} | {ours_t[2] * 1e3:>17.1f} {tv_t[2] * 1e3:>8.1f} {tv_t[2] / ours_t[2]:>6.2f}")
     print(f"\ntotal bench time {time.perf_counter() - start:.0f}s")
 
 

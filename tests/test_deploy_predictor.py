@@ -62,6 +62,16 @@ def test_detections_are_in_original_pixels_and_match_model_predict(model, predic
     assert not problems and m == len(ref) == len(det)
 
 
+def test_torch_backend_runs_a_fused_channels_last_copy_and_leaves_the_model_alone(model, predictor):
+    net = predictor._net
+    assert net is not model and net.fused and not model.fused
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and net.input_norm.channels_last
+    assert Predictor(net)._net is net  # an already fused model is used as it is
+
+
 def test_onnxruntime_backend_matches_torch(model, predictor, rgb, tmp_path):
     imgs = [rgb, synthetic_images(1, (300, 120), seed=5)[0]]
     ref = predictor.predict(imgs)
@@ -189,6 +199,32 @@ def test_sources_policy(predictor, rgb, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no image"):
         predictor.predict(str(tmp_path / "empty"))
+
+
+def test_prefetch_gives_the_same_results_and_stops_cleanly(model, rgb, tmp_path):
+    import threading
+
+    for i in range(7):
+        cv2.imwrite(str(tmp_path / f"img{i}.jpg"), np.roll(rgb, 9 * i, axis=1))
+    (tmp_path / "img9.jpg").write_bytes(b"not an image")
+    ref = Predictor(model, batch_size=3, prefetch=False, confidence_thresh=0.2)
+    pre = Predictor(model, batch_size=3, prefetch=True, confidence_thresh=0.2)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        a, b = ref.predict(str(tmp_path)), pre.predict(str(tmp_path))
+    assert [d.source for d in a] == [d.source for d in b] and len(a) == 7
+    assert all(np.array_equal(x.boxes, y.boxes) and np.array_equal(x.labels, y.labels) for x, y in zip(a, b))
+    assert pre.stats.skipped == ref.stats.skipped and len(pre.stats.skipped) == 1
+    assert sum(issubclass(x.category, SkippedImageWarning) for x in w) == 2  # one per predictor
+    # stopping after the first batch ends the reader thread
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SkippedImageWarning)  # the thread may reach img9 meanwhile
+        for d in pre.stream(str(tmp_path)):
+            assert d.source.endswith("img0.jpg")
+            break
+    assert not any(t.name == "ssdkit-prefetch" and t.is_alive() for t in threading.enumerate())
+    with pytest.raises(DataError, match=r"img9\.jpg"):  # an explicitly named bad file still raises
+        pre.predict([str(tmp_path / "img0.jpg"), str(tmp_path / "img9.jpg")])
 
 
 def test_detections_api(predictor, rgb, tmp_path):

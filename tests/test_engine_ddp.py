@@ -7,6 +7,7 @@ import socket
 from pathlib import Path
 
 import pytest
+import torch
 from engine_utils import make_tiny_voc, run_python, tiny_config, write_config
 
 from ssdkit.checkpoint import load_checkpoint
@@ -24,7 +25,12 @@ def test_torchrun_two_gloo_processes(tmp_path: Path) -> None:
     cfg = tiny_config(voc, tmp_path / "runs", name="ddp", epochs=2, batch_size=2, tensorboard=False,
                       checkpoint_template="ddp_{epoch:02d}.pt")
     cfg["train"]["sync_bn"] = True
+    cfg["train"]["freeze_stride"] = 2  # frozen layers under DDP: no gradient to reduce, BN kept in eval mode
     write_config(tmp_path / "ddp.yaml", cfg)
+    from ssdkit.models import build_model
+
+    torch.manual_seed(0)  # the trainer seeds the model init with train.seed=0 the same way
+    init = build_model("toy_ssd", n_classes=3, image_size=64, width=4).state_dict()
     proc = run_python(["-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
                        "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{_free_port()}",
                        "-m", "ssdkit.cli.main", "train", "ddp.yaml", "--quiet"], tmp_path, timeout=180)
@@ -42,6 +48,9 @@ def test_torchrun_two_gloo_processes(tmp_path: Path) -> None:
     ck = load_checkpoint(rd / "last.pt")
     assert ck["world_size"] == 2 and ck["iteration"] == 6
     assert not any(k.startswith("module.") for k in ck["state_dict"])
+    frozen = [k for k in ck["state_dict"] if k.startswith("backbone.block1_conv")]
+    assert frozen and all(torch.equal(ck["state_dict"][k], init[k]) for k in frozen)
+    assert not torch.equal(ck["state_dict"]["backbone.block2_conv1.weight"], init["backbone.block2_conv1.weight"])
     final = json.loads((rd / "metrics.json").read_text())["final"]
     assert final["n_images"] == 4  # the 4 validation images, sharded over 2 ranks and gathered once each
 
