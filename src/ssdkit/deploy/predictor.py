@@ -265,7 +265,8 @@ class Predictor:
             # channels-last (oneDNN's NHWC kernels): same outputs up to float rounding, 1.3-1.5x faster here
             # (`python bench/models.py`). Like the ONNX export of the other backend, it is a snapshot.
             fuse = getattr(self.model, "fuse", None)
-            self._net = fuse(channels_last=self.device.type == "cpu") if fuse and not getattr(self.model, "fused", False) else self.model
+            fusable = fuse is not None and not getattr(self.model, "fused", False)
+            self._net = fuse(channels_last=self.device.type == "cpu") if fusable else self.model
         else:
             self.model = self.model.cpu().eval()
             self._runner = self._make_runner(onnx, threads)

@@ -7,9 +7,10 @@ MobileNet's training time goes on CPU: the stride-2 and stride-4 blocks carry th
 activations (e.g. 16x96x150x150 floats for one MobileNetV2 expansion at 300 px), and their
 BatchNorm and ReLU6 backward passes are memory-bound. Freezing the stem and the first three blocks
 of an ImageNet MobileNetV2 (``backbone.stage1.0`` ... ``backbone.stage1.3``) halves the step time
-of SSDLite at 300 px here (``python bench/train.py``); on BCCD it reached 0.9196 VOC10 in 17 minutes
-against 0.9216 in 21 training every layer (``docs/results.md``). It is the same idea as torchvision's ``trainable_backbone_layers``, named
-by module instead of counted, so it works for any model and the names say what is frozen.
+of SSDLite at 300 px here (``python bench/train.py``); on BCCD it reached 0.9196 VOC10 in 17
+minutes against 0.9216 in 21 training every layer (``docs/results.md``). It is the same idea as
+torchvision's ``trainable_backbone_layers``, named by module or found by stride instead of
+counted, so it works for any model and says what is frozen.
 
 Two ways to say what is frozen:
 
