@@ -9,6 +9,8 @@ and every helper here is a no-op, so the trainer has one code path.
 
 from __future__ import annotations
 
+import contextlib
+
 import datetime
 import os
 from dataclasses import dataclass
@@ -73,9 +75,16 @@ def init_distributed(device_type: str, backend: str = "auto", timeout_s: float =
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, backend=backend)
 
 
-def cleanup(info: DistInfo) -> None:
-    """Leave the process group (if this module's caller joined one)."""
+def cleanup(info: DistInfo, wait: bool = False) -> None:
+    """Leave the process group (if this module's caller joined one).
+
+    ``wait``: first wait for every rank (after a normal end: rank 0 may still be writing plots when
+    the others finish). Not after an error, where the other ranks may never arrive.
+    """
     if info.distributed and dist.is_initialized():
+        if wait:
+            with contextlib.suppress(Exception):
+                dist.barrier()
         dist.destroy_process_group()
 
 

@@ -911,6 +911,7 @@ class Trainer:
                            resume_iteration=self.iteration if self._ckpt is not None else None,
                            tensorboard=tcfg["tensorboard"])
         stop_reason = "completed"
+        completed = False
         try:
             if self.is_main:
                 (self.run_dir / "config.yaml").write_text(dump_config(self.cfg), encoding="utf-8")
@@ -966,7 +967,9 @@ class Trainer:
                     if stop.requested:
                         stop_reason = "interrupted"
                         break
-            return self._finish(stop_reason, logger)
+            result = self._finish(stop_reason, logger)
+            completed = True
+            return result
         except NonFiniteLossError as exc:
             if self.is_main:
                 log.error("%s", exc)
@@ -978,7 +981,15 @@ class Trainer:
             if file_handler is not None:
                 logging.getLogger("ssdkit").removeHandler(file_handler)
                 file_handler.close()
-            cleanup(self.dist)
+            if self.dist.distributed:
+                # Release the DDP wrapper (its reducer holds the process group) before the group is
+                # destroyed: freed later, at interpreter exit, it aborted a rank now and then
+                # ("terminate called without an active exception") after a run had completed.
+                self.net = self.model
+                import gc
+
+                gc.collect()
+            cleanup(self.dist, wait=completed)
 
     def _fit_epochs_to_time(self, limit_min: float, used_s: float, epoch_s: float) -> None:
         """``train.time_limit_fit``: after each epoch (``epoch_s`` seconds of training, ``used_s`` used in all),
