@@ -10,7 +10,6 @@ and every helper here is a no-op, so the trainer has one code path.
 from __future__ import annotations
 
 import contextlib
-
 import datetime
 import os
 from dataclasses import dataclass
