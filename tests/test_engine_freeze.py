@@ -33,6 +33,9 @@ def test_modules_up_to_stride_toy() -> None:
     assert modules_up_to_stride(m, 4) == TOY_STRIDE2 + conv2
     assert modules_up_to_stride(m, 3) == TOY_STRIDE2  # stride 4 outputs are coarser than 3
     assert m.training  # the probe restores the mode
+    m.backbone.block1_conv_bn.eval()  # ... of each module: a frozen layer stays in eval mode
+    assert modules_up_to_stride(m, 2) == TOY_STRIDE2
+    assert not m.backbone.block1_conv_bn.training and m.backbone.block2_conv1_bn.training
 
 
 def test_modules_up_to_stride_mobilenet_means_the_same_layers_with_stride8() -> None:
@@ -119,3 +122,7 @@ def test_cli_models_lists_module_names(capsys: pytest.CaptureFixture[str]) -> No
     assert cli_main(["models", "toy_ssd", "--modules", "2"]) == 0
     out = capsys.readouterr().out
     assert "backbone.block1_conv " in out and "16x64x64" in out and "heads" in out
+    assert cli_main(["models", "toy_ssd", "--modules", "0"]) == 2
+    assert "ssdkit models: error: --modules must be >= 1, got 0" in capsys.readouterr().err
+    assert cli_main(["models", "toy", "--modules", "2"]) == 2
+    assert "unknown model(s) ['toy']" in capsys.readouterr().err

@@ -73,27 +73,16 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_modules(name: str, model: object, depth: int) -> None:
     """Module names (as ``train.freeze`` takes them) with parameters and output shape of one image."""
-    import torch
     from torch import nn
 
     from ssdkit.engine.freeze import module_names
+    from ssdkit.models.ssd import module_output_shapes
 
     assert isinstance(model, nn.Module)
-    shapes: dict[str, str] = {}
-    hooks = []
+    h, w = model.image_size  # type: ignore[attr-defined]
+    shapes = {n: "x".join(str(d) for d in shape[1:]) for n, shape in module_output_shapes(model, (h, w))}
     modules = dict(model.named_modules())
     names = module_names(model, depth)
-    for n in names:
-        def hook(_m: nn.Module, _i: object, out: object, n: str = n) -> None:
-            if isinstance(out, torch.Tensor):
-                shapes[n] = "x".join(str(s) for s in out.shape[1:])
-        hooks.append(modules[n].register_forward_hook(hook))
-    h, w = model.image_size  # type: ignore[attr-defined]
-    # shapes only: real weights are irrelevant, so run on zeros without autograd
-    with torch.no_grad():
-        model.eval()(torch.zeros(1, 3, h, w))
-    for hk in hooks:
-        hk.remove()
     print(f"{name} ({h}x{w}): module, parameters, output C x H x W")
     width = max(len(n) for n in names)
     for n in names:

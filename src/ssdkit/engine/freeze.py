@@ -27,7 +27,6 @@ from __future__ import annotations
 import difflib
 from collections.abc import Sequence
 
-import torch
 from torch import nn
 
 from ..errors import ConfigError
@@ -91,14 +90,16 @@ def keep_frozen_in_eval(model: nn.Module, names: Sequence[str]) -> None:
 def modules_up_to_stride(model: nn.Module, stride: int, image_size: Sequence[int] | None = None) -> list[str]:
     """Names of the backbone's leading modules whose outputs are all at ``stride`` or finer.
 
-    Runs ``model.backbone`` (or ``model``) once on zeros of ``image_size`` (default
-    ``model.image_size``) with forward hooks: in completion order, every module that finished before
-    the first module with an output coarser than ``stride`` is listed (outermost names only, so a
-    block is listed, not its convolutions). An output is at stride ``s`` or finer when
+    Dry-runs ``model.backbone`` (or ``model``) at ``image_size`` (default ``model.image_size``) with
+    :func:`~ssdkit.models.ssd.module_output_shapes`: in completion order, every module that finished
+    before the first module with an output coarser than ``stride`` is listed (outermost names only,
+    so a block is listed, not its convolutions). An output is at stride ``s`` or finer when
     ``out_h * s >= H`` and ``out_w * s >= W`` (odd sizes round up, as convolutions do).
 
     Returns ``[]`` for ``stride < 2`` or when the very first layer is already coarser.
     """
+    from ..models.ssd import module_output_shapes
+
     if stride < 2:
         return []
     backbone = getattr(model, "backbone", model)
@@ -107,36 +108,16 @@ def modules_up_to_stride(model: nn.Module, stride: int, image_size: Sequence[int
     if size is None:
         raise ValueError("modules_up_to_stride: give image_size (the model has no image_size)")
     h, w = int(size[0]), int(size[-1])
-    order: list[tuple[str, bool]] = []  # (name, fine enough) in completion order
-    hooks = []
-    for name, module in backbone.named_modules():
-        if not name:
-            continue
-
-        def hook(_m: nn.Module, _i: object, out: object, name: str = name) -> None:
-            if isinstance(out, torch.Tensor) and out.dim() == 4:
-                order.append((name, out.shape[-2] * stride >= h and out.shape[-1] * stride >= w))
-
-        hooks.append(module.register_forward_hook(hook))
-    was_training = backbone.training
-    try:
-        p = next(backbone.parameters(), None)
-        x = torch.zeros(1, 3, h, w, device=p.device if p is not None else None,
-                        dtype=p.dtype if p is not None else None)
-        with torch.no_grad():
-            backbone.eval()(x)
-    finally:
-        backbone.train(was_training)
-        for hk in hooks:
-            hk.remove()
     done: list[str] = []
-    for name, fine in order:
-        if not fine:
+    for name, shape in module_output_shapes(backbone, (h, w)):
+        if len(shape) != 4:
+            continue
+        if shape[-2] * stride < h or shape[-1] * stride < w:
             break
         done.append(name)
     # outermost only: drop names inside another listed module
     listed = set(done)
-    outer = [n for n in done if not any(n.startswith(p + ".") for p in _parents(n) if p in listed)]
+    outer = [n for n in done if not any(p in listed for p in _parents(n))]
     return [prefix + n for n in dict.fromkeys(outer)]
 
 

@@ -60,6 +60,7 @@ __all__ = [
     "TappedSequential",
     "count_macs",
     "feature_map_shapes",
+    "module_output_shapes",
 ]
 
 #: Build-time keyword arguments that configure the anchors (reference section 1).
@@ -385,6 +386,32 @@ def feature_map_shapes(backbone: nn.Module, image_size: SizeLike, in_channels: i
             raise ValueError(f"input {h}x{w} is too small for this network: feature map {k} is {tuple(f.shape[2:])}")
         shapes.append((int(f.shape[1]), int(f.shape[2]), int(f.shape[3])))
     return shapes
+
+
+def module_output_shapes(module: nn.Module, image_size: SizeLike,
+                         in_channels: int = 3) -> list[tuple[str, tuple[int, ...]]]:
+    """``(name, output shape)`` of every submodule returning a tensor, in the order the modules finish,
+    for one ``[1, in_channels, H, W]`` input.
+
+    The same dry run as :func:`feature_map_shapes` (convolutions reduced to their output shapes,
+    every module in eval mode, each module's own mode restored after), so it takes milliseconds even
+    for an SSD512. A module called twice is listed twice.
+    """
+    h, w = _pair(image_size, "image_size")
+    out: list[tuple[str, tuple[int, ...]]] = []
+
+    def record(name: str, _m: nn.Module, _i: object, y: object) -> None:
+        if isinstance(y, Tensor):
+            out.append((name, tuple(int(d) for d in y.shape)))
+
+    hooks = [m.register_forward_hook(partial(record, name)) for name, m in module.named_modules() if name]
+    try:
+        with torch.no_grad(), _EvalMode(module), _ShapeOnlyConvs(module):
+            module(torch.zeros(1, in_channels, h, w, device=_device_of(module)))
+    finally:
+        for hk in hooks:
+            hk.remove()
+    return out
 
 
 def count_macs(model: nn.Module, image_size: SizeLike, batch: int = 1) -> int:
