@@ -28,6 +28,7 @@ Rounds alternate between the contenders in the same process (the machine's load 
 the table reports the median images/s over rounds and the ratio to torchvision.
 
 Usage: python bench/train.py [--quick] [--batch 16] [--workers N] [--rounds R] [--steps S] [--threads T] [--mnv3]
+       [--compile] [--no-freeze] [--profile]
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ CLASSES = ["RBC", "WBC", "Platelets"]
 
 
 def ssdkit_contender(model_name: str, data_root: Path, batch: int, workers: int, size: int,
-                     amp: str | bool, channels_last: bool, freeze_stride: int = 0) -> tuple[Callable[[], int], Any]:
+                     amp: str | bool, channels_last: bool, freeze_stride: int = 0,
+                     compile: bool = False) -> tuple[Callable[[], int], Any]:
     """A function running one ssdkit training iteration (returns images processed)."""
     from ssdkit.engine.freeze import keep_frozen_in_eval
     from ssdkit.engine.trainer import Trainer
@@ -64,7 +66,7 @@ def ssdkit_contender(model_name: str, data_root: Path, batch: int, workers: int,
         "schedule": {"name": "constant"},
         "train": {"batch_size": batch, "workers": workers, "progress": False, "out_dir": "/tmp/ssdkit-bench",
                   "amp": amp, "channels_last": channels_last, "tensorboard": False, "exist_ok": True,
-                  "freeze_stride": freeze_stride},
+                  "freeze_stride": freeze_stride, "compile": compile},
         "eval": {"every": 0},
     }
     tr = Trainer(cfg).setup()
@@ -117,6 +119,22 @@ def torchvision_contender(data_root: Path, batch: int, workers: int, size: int,
     return step
 
 
+def profile_step(data_root: Path, batch: int, size: int, threads: int | None) -> int:
+    """Operator table (self CPU time) of one ssdkit SSDLite-MobileNetV2 channels_last training step,
+    data loading excluded, after two warm-up steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    if threads:
+        torch.set_num_threads(threads)
+    step, tr = ssdkit_contender("ssdlite320_mobilenet_v2", data_root, batch, 0, size, False, True)
+    step(), step()
+    b = next(iter(tr.train_loader))
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        tr._step(b, False)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+    return 0
+
+
 def _forever(loader: Any) -> Iterator[Any]:
     while True:
         yield from loader
@@ -142,8 +160,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--amp", default="false", help="ssdkit train.amp (false, bf16)")
     ap.add_argument("--no-channels-last", action="store_true", help="skip the ssdkit train.channels_last=true row")
     ap.add_argument("--no-freeze", action="store_true", help="skip the freeze_stride=4 rows (ssdkit and torchvision)")
+    ap.add_argument("--compile", action="store_true",
+                    help="add ssdkit MobileNetV2 channels_last with train.compile=true (torch.compile; the warm-up "
+                         "compiles, ~2 min here)")
+    ap.add_argument("--profile", action="store_true",
+                    help="instead: torch.profiler operator table of one ssdkit MobileNetV2 channels_last step")
     ap.add_argument("--mnv3", action="store_true", help="add ssdkit's MobileNetV3 model (same backbone as torchvision)")
     args = ap.parse_args(argv)
+    if args.profile:
+        return profile_step(Path(args.data), args.batch, args.size, args.threads)
     if args.quick:
         args.rounds, args.steps = 2, 3
     data = Path(args.data)
@@ -169,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_freeze:
         contenders["torchvision ssdlite320_mobilenet_v3_large freeze_stride=4"] = torchvision_contender(
             data, args.batch, args.workers, args.size, freeze_stride=4)
+    if args.compile:
+        contenders["ssdkit ssdlite320_mobilenet_v2 channels_last compile"], _ = ssdkit_contender(
+            "ssdlite320_mobilenet_v2", data, args.batch, args.workers, args.size, amp, True, compile=True)
     if args.mnv3:
         contenders["ssdkit ssdlite320_mobilenet_v3_large"], _ = ssdkit_contender(
             "ssdlite320_mobilenet_v3_large", data, args.batch, args.workers, args.size, amp, False)

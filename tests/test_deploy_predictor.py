@@ -72,6 +72,16 @@ def test_torch_backend_runs_a_fused_channels_last_copy_and_leaves_the_model_alon
     assert Predictor(net)._net is net  # an already fused model is used as it is
 
 
+def test_onnxruntime_threads_spin_at_batch_1_only_unless_told(model):
+    def spins(p: Predictor) -> str:
+        return p._runner.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+
+    assert spins(Predictor(model, backend="onnxruntime", batch_size=1)) == "1"
+    assert spins(Predictor(model, backend="onnxruntime", batch_size=4)) == "0"
+    assert spins(Predictor(model, backend="onnxruntime", batch_size=4, spinning=True)) == "1"
+    assert spins(Predictor(model, backend="onnxruntime", batch_size=1, spinning=False)) == "0"
+
+
 def test_onnxruntime_backend_matches_torch(model, predictor, rgb, tmp_path):
     imgs = [rgb, synthetic_images(1, (300, 120), seed=5)[0]]
     ref = predictor.predict(imgs)

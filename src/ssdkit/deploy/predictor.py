@@ -210,6 +210,10 @@ class Predictor:
             (video frames are never kept).
         prefetch: read and decode the next batch in a background thread while the network runs
             (:meth:`stream`); ``False`` does everything in the calling thread.
+        spinning: let ONNX Runtime's idle threads spin between operators. Default (``None``): at
+            ``batch_size=1`` only, where each operator is short and waking sleeping threads costs more
+            than the work; larger batches let them sleep, which is kinder to other processes on the
+            same cores (``python bench/predictor.py`` measures both).
 
     Both backends take a snapshot of the model when the Predictor is built (the torch backend runs
     :meth:`~ssdkit.models.SSD.fuse`'s inference copy, channels-last on the CPU; the ONNX Runtime
@@ -232,6 +236,7 @@ class Predictor:
         threads: int | None = None,
         keep_images: bool = True,
         prefetch: bool = True,
+        spinning: bool | None = None,
     ) -> None:
         if backend not in _BACKEND_ALIASES:
             raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
@@ -247,6 +252,7 @@ class Predictor:
         self.nms = nms
         self.keep_images = bool(keep_images)
         self.prefetch = bool(prefetch)
+        self.spinning = (self.batch_size == 1) if spinning is None else bool(spinning)
         self.stats = SourceStats()
         self._runner: Any = None
         self.threads = threads
@@ -262,8 +268,8 @@ class Predictor:
         if self.backend == "torch":
             self.model = self.model.to(self.device).eval()
             # the network runs as an inference copy: BatchNorm folded into the convolutions and, on the CPU,
-            # channels-last (oneDNN's NHWC kernels): same outputs up to float rounding, 1.3-1.5x faster here
-            # (`python bench/models.py`). Like the ONNX export of the other backend, it is a snapshot.
+            # channels-last (oneDNN's NHWC kernels): same outputs up to float rounding, 1.43x / 1.85x faster
+            # at batch 1 / 8 here (`python bench/predictor.py`). Like the ONNX export, it is a snapshot.
             fuse = getattr(self.model, "fuse", None)
             fusable = fuse is not None and not getattr(self.model, "fused", False)
             self._net = fuse(channels_last=self.device.type == "cpu") if fusable else self.model
@@ -280,19 +286,13 @@ class Predictor:
     def _make_runner(self, onnx: str | os.PathLike[str] | None, threads: int | None) -> Any:
         from .ort import OrtRunner, read_metadata
 
-        # One image per run: each operator is short and waking sleeping threads between operators
-        # costs more than the work, so they spin (measured: SSDLite end to end +13..25% images/s at
-        # batch 1, with or without another busy process); at batch 8 spinning gained nothing
-        # quiet and lost 12% beside a busy process, so larger batches let idle threads sleep.
-        spin = self.batch_size == 1
-
         if onnx is None:
             from .export import export_onnx_bytes
 
             with torch.no_grad():
                 data = export_onnx_bytes(self.model, "raw", dynamic_batch=True)
-            return OrtRunner(data, threads, spinning=spin)
-        runner = OrtRunner(onnx, threads, spinning=spin)
+            return OrtRunner(data, threads, spinning=self.spinning)
+        runner = OrtRunner(onnx, threads, spinning=self.spinning)
         kind = runner.outputs_kind()
         if kind == "decoded":
             raise ExportError(f"{onnx}: 'decoded' exports need NMS outside the graph; give a raw or an --nms export")
